@@ -83,7 +83,8 @@ def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-FIELD_TYPES: dict[str, type] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # type: ignore[misc]
+# Field name -> "float" | "int" | "bool" (annotations are strings under `from __future__`).
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 _CASTS: dict[str, type] = {"float": float, "int": int, "bool": bool}
 
 
@@ -99,7 +100,7 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    kind = _CASTS[str(FIELD_TYPES[name])]
+    kind = _CASTS[FIELD_TYPES[name]]
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -102,6 +102,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.config_for(trial)
+        trial.set_user_attr("config", config.to_dict())  # what export reproduces, whole
         limit = self.time_limit(trial.study)
         runs = [self.train(config.replace(seed=config.seed + k), self.data, limit)
                 for k in range(self.settings.repeats)]

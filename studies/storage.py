@@ -1,0 +1,133 @@
+"""Storage URL -> RDBStorage tuned for many workers, and spec -> Optuna study, race-safe.
+
+- SQLite (the embedded default, `sqlite:///optuna.db` in the working directory): WAL journal so
+  readers (the dashboard) never block the writer, and a long busy timeout so concurrent workers
+  queue for the write lock instead of failing with "database is locked".
+- Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
+  connect timeout, so an unreachable host is an answer within seconds, not a hang.
+- Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
+  and is re-enqueued by RetryFailedTrialCallback.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from sqlalchemy.engine import URL, make_url
+
+from studies.spec import StudySpec
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as dead
+MAX_RETRY = 2  # re-runs of a trial whose worker died; a failing config is not retried forever
+CONNECT_TIMEOUT = 10  # seconds to reach a database server
+SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
+
+
+class StorageError(RuntimeError):
+    """The storage URL cannot be used; the message is one line, with the password masked."""
+
+
+def resolve_url(cli_value: str | None) -> str:
+    """--storage, else $OPTUNA_STORAGE, else the embedded SQLite default."""
+    return cli_value or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by ***, for every log line and error message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL still must not leak what looks like a secret
+        return url.split("@")[-1] if "@" in url else url
+
+
+def parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"storage URL {mask(url)!r} is not a database URL "
+                           "(expected e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db)") from None
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise StorageError(f"storage URL {mask(url)!r} names an unknown database {parsed.drivername!r}; "
+                           "use sqlite, postgresql+psycopg or mysql+pymysql") from None
+    return parsed
+
+
+def engine_kwargs(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+    kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    if url.get_backend_name() == "mysql":
+        kwargs["pool_recycle"] = 3600  # MySQL closes idle connections after wait_timeout
+    return kwargs
+
+
+def _enable_wal(url: URL) -> None:
+    # The WAL journal mode is a property of the database file, so setting it once is enough.
+    if url.database and url.database != ":memory:":
+        with sqlite3.connect(url.database, timeout=SQLITE_BUSY_TIMEOUT) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStorage:
+    """An RDBStorage for `url`. Concurrent first starts race to create the schema, so a failed
+    attempt is retried with a short backoff before giving up with one clear line."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        try:
+            _enable_wal(parsed)
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot open SQLite database {parsed.database!r}: {error}") from None
+    heartbeat_kwargs: dict[str, Any] = {}
+    if heartbeat:
+        heartbeat_kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "failed_trial_callback": RetryFailedTrialCallback(max_retry=MAX_RETRY),
+        }
+    for attempt in range(1, attempts + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs(parsed), **heartbeat_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts:
+                raise StorageError(f"could not create the Optuna schema in {mask(url)}") from None
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+            if attempt == attempts:
+                raise StorageError(f"cannot connect to {mask(url)}: {_first_line(error)}") from None
+        time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:
+    text = str(error.orig) if error.orig is not None else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def create_or_load(spec: StudySpec, storage: RDBStorage, sampler_seed: int | None,
+                   study_name: str | None = None) -> tuple[optuna.Study, bool]:
+    """The spec's study on `storage`, created if missing. Returns (study, created).
+
+    Exactly one of many workers starting at the same second creates the study (the database's
+    unique name decides) and enqueues the seed-recipe baseline, so the baseline exists once."""
+    name = study_name or spec.name
+    sampler = spec.make_sampler(sampler_seed)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                    direction=spec.direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(storage=storage, study_name=name, sampler=sampler), False
+    study.set_user_attr("spec", spec.source)
+    study.set_user_attr("base_config", spec.base.to_dict())
+    study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
+    study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
+    return study, True

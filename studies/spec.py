@@ -128,7 +128,8 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     pruner = dict(_section(document, "pruner"))
     pruner_name = pruner.pop("name", "none")
     if pruner_name not in PRUNERS:
-        raise SpecError(f"[pruner] unknown pruner {pruner_name!r}; choose one of {', '.join(sorted(PRUNERS))}")
+        choices = ", ".join(sorted(PRUNERS))
+        raise SpecError(f"[pruner] unknown pruner {pruner_name!r}; choose one of {choices}")
     margin = pruner.pop("margin", 0.05 if pruner_name == "time_budget" else None)
     _only(pruner, set(), "[pruner]")
     if pruner_name == "time_budget":
@@ -185,7 +186,8 @@ def _distribution(name: str, spec: Any) -> BaseDistribution:
             if low > high:
                 raise SpecError(f"{where} low ({low}) is greater than high ({high})")
             if kind == "float" and low == high:
-                raise SpecError(f"{where} the range [{low}, {high}] is empty; widen it or fix the value in [train]")
+                raise SpecError(f"{where} the range [{low}, {high}] is empty; "
+                                "widen it or fix the value in [train]")
             log = spec.get("log", False)
             if not isinstance(log, bool):
                 raise SpecError(f"{where} log must be true or false")
@@ -195,7 +197,8 @@ def _distribution(name: str, spec: Any) -> BaseDistribution:
                     raise SpecError(f"{where} {name} is a {FIELD_TYPES[name]}: use type = \"float\"")
                 return IntDistribution(_integer(low, f"{where} low"), _integer(high, f"{where} high"),
                                        log=log, step=1 if step is None else _integer(step, f"{where} step"))
-            return FloatDistribution(low, high, log=log, step=None if step is None else _number(step, f"{where} step"))
+            float_step = None if step is None else _number(step, f"{where} step")
+            return FloatDistribution(low, high, log=log, step=float_step)
     except ValueError as error:  # Optuna's own checks: log with low <= 0, step with log, ...
         if isinstance(error, SpecError):
             raise

@@ -52,8 +52,10 @@ def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"storage URL {mask(url)!r} is not a database URL "
-                           "(expected e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db)") from None
+        raise StorageError(
+            f"storage URL {mask(url)!r} is not a database URL "
+            "(expected e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db)"
+        ) from None
     try:
         parsed.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
@@ -93,7 +95,7 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStor
         heartbeat_kwargs = {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "grace_period": GRACE_PERIOD,
-            "failed_trial_callback": RetryFailedTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": RetryFailedTrialCallback(max_retry=MAX_RETRY),
         }
     for attempt in range(1, attempts + 1):
         try:

@@ -133,3 +133,14 @@ def create_or_load(spec: StudySpec, storage: RDBStorage, sampler_seed: int | Non
     study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
     study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
     return study, True
+
+
+def load_existing(url: str, study_name: str) -> optuna.Study:
+    """A study that must already exist (export, report): a missing one is an error naming those
+    that do exist, never a silently created empty study."""
+    storage = open_storage(url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise StorageError(f"no study {study_name!r} in {mask(url)}; studies there: {names}") from None

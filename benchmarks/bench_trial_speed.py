@@ -1,0 +1,72 @@
+"""Trial speed: the objective's training run against the reference seed recipe, in one run.
+
+    python benchmarks/bench_trial_speed.py --data-dir ../shared/mnist --seeds 0,1,2,3,4
+
+Each variant (ours with the defaults, ours with a speed knob turned off, the reference script) runs
+as its own process, with its own untimed warm-up, on the same seeds; the rounds interleave the
+variants so drift in machine load hits all of them alike. Prints a Markdown table of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference" / "seed_recipe.py"
+
+VARIANTS: dict[str, list[str]] = {
+    "objective (defaults: channels_last, bf16 autocast, fused Adam)": [],
+    "objective, bf16 autocast off": ["--set", "bf16_autocast=false"],
+    "objective, bf16 and channels_last off": ["--set", "bf16_autocast=false",
+                                              "--set", "channels_last=false"],
+}
+
+
+def run_json(command: list[str]) -> dict:
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "mnist"))
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reference", default=str(REFERENCE))
+    parser.add_argument("--only-defaults", action="store_true", help="skip the knob-off variants")
+    args = parser.parse_args()
+
+    variants = dict(list(VARIANTS.items())[:1]) if args.only_defaults else VARIANTS
+    commands = {name: [sys.executable, "-m", "objective.train", "--data-dir", args.data_dir,
+                       "--seeds", args.seeds, "--device", args.device, "--json", *extra]
+                for name, extra in variants.items()}
+    commands["reference (shared/reference/seed_recipe.py)"] = [
+        sys.executable, args.reference, "--data-dir", args.data_dir, "--seeds", args.seeds,
+        "--device", args.device, "--json"]
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(args.rounds):
+        for name, command in commands.items():
+            runs[name].extend(run_json(command)["runs"])
+
+    reference_median = statistics.median(r["seconds"] for r in runs[list(commands)[-1]])
+    print(f"device {args.device}, seeds {args.seeds}, rounds {args.rounds}\n")
+    print("| variant | runs | median s | ratio to reference | mean accuracy | runs >= 99 % |")
+    print("|---|---|---|---|---|---|")
+    for name, results in runs.items():
+        median = statistics.median(r["seconds"] for r in results)
+        accuracy = statistics.fmean(r["accuracy"] for r in results)
+        passed = sum(r["accuracy"] >= 0.99 for r in results)
+        print(f"| {name} | {len(results)} | {median:.3f} | {median / reference_median:.2f}x | "
+              f"{100 * accuracy:.3f} % | {passed}/{len(results)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search import report
+
+
+def populated_study(url: str) -> optuna.Study:
+    study = optuna.create_study(study_name="demo", storage=url)
+    study.set_user_attr("accuracy_target", 0.99)
+    for number, (lr, accuracy, seconds) in enumerate([(0.01, 0.991, 2.0), (0.02, 0.985, 1.5),
+                                                      (0.005, 0.992, 2.5), (0.03, 0.993, 1.8)]):
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.1, log=True)
+        trial.suggest_int("batch_size", 64, 512)
+        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("baseline", number == 0)
+        trial.set_constraint("accuracy_shortfall", 0.99 - accuracy)
+        study.tell(trial, seconds if accuracy >= 0.99 else 60 + 10 * (0.99 - accuracy) * 100)
+    return study
+
+
+def test_report_draws_history_importances_and_accuracy_against_seconds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    populated_study(url)
+    out = tmp_path / "report.html"
+    assert report.main(["--storage", url, "--study", "demo", "--out", str(out)]) == 0
+    page = out.read_text()
+    for expected in ("Optimization History", "Hyperparameter Importances", "Accuracy against wall seconds",
+                     "baseline (seed recipe)", "target 99.0 %", "trial 3 (COMPLETE)"):
+        assert expected in page, expected
+
+
+def test_report_on_a_missing_study_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    populated_study(url)
+    assert report.main(["--storage", url, "--study", "nope", "--out", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no study 'nope'") and "demo" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.html").exists()

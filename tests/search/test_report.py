@@ -11,8 +11,8 @@ from search import report
 def populated_study(url: str) -> optuna.Study:
     study = optuna.create_study(study_name="demo", storage=url)
     study.set_user_attr("accuracy_target", 0.99)
-    for number, (lr, accuracy, seconds) in enumerate([(0.01, 0.991, 2.0), (0.02, 0.985, 1.5),
-                                                      (0.005, 0.992, 2.5), (0.03, 0.993, 1.8)]):
+    for number, (accuracy, seconds) in enumerate([(0.991, 2.0), (0.985, 1.5),
+                                                  (0.992, 2.5), (0.993, 1.8)]):
         trial = study.ask()
         trial.suggest_float("lr", 0.001, 0.1, log=True)
         trial.suggest_int("batch_size", 64, 512)

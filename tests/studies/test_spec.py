@@ -105,7 +105,7 @@ def test_bad_specs_are_rejected_with_a_message(document: dict, message: str) -> 
 def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[study\nname = 's'")
-    with pytest.raises(SpecError, match="broken.toml is not valid TOML"):
+    with pytest.raises(SpecError, match=r"broken\.toml is not valid TOML"):
         load_spec(path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class TrainConfig:
         _check_positive(self, ("lr", "batch_size", "epochs", "conv1_kernel", "conv2_kernel",
                                "conv1_width", "conv2_width", "fc_width", "eval_batch",
                                "check_every"))
+        for name in ("lr", "epochs"):  # inf passes "> 0" but cannot train (epochs=inf overflows)
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be finite, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -136,6 +140,8 @@ def load_json(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:  # a binary file: name it, like every other config error
+        raise ConfigError(f"config file {path} is not UTF-8 text: {error.reason}") from None
     if isinstance(document, dict) and isinstance(document.get("config"), dict):
         document = document["config"]
     if not isinstance(document, dict):

@@ -109,7 +109,10 @@ class Objective:
         return self.record(trial, runs, limit)
 
     def record(self, trial: optuna.Trial, runs: list[RunResult], limit: float) -> float:
-        accuracy = statistics.fmean(run.accuracy for run in runs)
+        # Rounded: the float mean of runs that all sit exactly on the target can land one ulp
+        # below it (fmean([0.99] * 3) == 0.9899999999999999), which would turn an exactly-at-target
+        # trial infeasible. Accuracies are multiples of 1/len(test set), far coarser than 1e-12.
+        accuracy = round(statistics.fmean(run.accuracy for run in runs), 12)
         seconds = statistics.median(run.seconds for run in runs)
         diverged = any(run.diverged for run in runs)
         trial.set_user_attr("accuracy", accuracy)

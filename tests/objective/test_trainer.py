@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from objective.config import TrainConfig
+from objective.data import Mnist
+from objective.trainer import (
+    RunResult,
+    fingerprint,
+    resolve_device,
+    total_steps,
+    train_count,
+    train_once,
+)
+
+CPU = torch.device("cpu")
+# Small and quick on 512 synthetic images: 8 steps per epoch.
+FAST = TrainConfig(batch_size=64, eval_batch=100, conv1_width=8, conv2_width=16, fc_width=64)
+
+
+def _comparable(result: RunResult) -> tuple[object, ...]:
+    """Everything a run computes, without its timings."""
+    return result.seed, result.accuracy, result.steps, result.diverged, result.over_time
+
+
+def _poisoned(data: Mnist, rows: slice | list[int]) -> Mnist:
+    images = data.train_images.clone()
+    images[rows] = float("nan")
+    return Mnist(images, data.train_labels, data.test_images, data.test_labels)
+
+
+# --- step accounting ---------------------------------------------------------------------------
+
+def test_train_count_and_total_steps(synthetic_mnist: Mnist) -> None:
+    assert train_count(FAST, synthetic_mnist) == 512
+    assert total_steps(FAST, synthetic_mnist) == 8
+    assert total_steps(FAST.replace(batch_size=100), synthetic_mnist) == 6  # last batch partial
+    assert total_steps(FAST.replace(epochs=0.5), synthetic_mnist) == 4
+    assert total_steps(FAST.replace(epochs=1.3), synthetic_mnist) == 11  # ceil(1.3 * 8)
+    assert total_steps(FAST.replace(epochs=0.001), synthetic_mnist) == 1
+    subset = FAST.replace(train_subset=128)
+    assert train_count(subset, synthetic_mnist) == 128
+    assert total_steps(subset, synthetic_mnist) == 2
+    # a subset larger than the data is the whole data
+    assert train_count(FAST.replace(train_subset=10_000), synthetic_mnist) == 512
+
+
+# --- a normal run -------------------------------------------------------------------------------
+
+def test_train_once_result(synthetic_mnist: Mnist) -> None:
+    result = train_once(FAST.replace(seed=3), synthetic_mnist)
+    assert isinstance(result, RunResult)
+    assert result.seed == 3
+    assert result.steps == total_steps(FAST, synthetic_mnist)
+    assert not result.diverged and not result.over_time
+    assert 0.0 <= result.accuracy <= 1.0
+    # scored on every one of the 200 test images (eval_batch 100 -> two batches)
+    assert (result.accuracy * 200) == pytest.approx(round(result.accuracy * 200))
+    assert 0.0 < result.train_seconds <= result.seconds
+    assert result.fingerprint == fingerprint(CPU)
+    json.dumps(result.to_dict())  # plain values only
+
+
+def test_train_once_learns_the_synthetic_classes(synthetic_mnist: Mnist) -> None:
+    result = train_once(TrainConfig(batch_size=64, eval_batch=100, epochs=3.0), synthetic_mnist)
+    assert result.steps == 24
+    assert result.accuracy >= 0.8  # chance is 0.1
+
+
+@pytest.mark.parametrize(("channels_last", "bf16_autocast"), [(False, False), (True, False), (False, True)])
+def test_speed_knobs_run(synthetic_mnist: Mnist, channels_last: bool, bf16_autocast: bool) -> None:
+    config = FAST.replace(channels_last=channels_last, bf16_autocast=bf16_autocast)
+    result = train_once(config, synthetic_mnist)
+    assert result.steps == 8 and not result.diverged
+    assert 0.0 <= result.accuracy <= 1.0
+
+
+def test_eval_batch_that_does_not_divide_the_test_set(synthetic_mnist: Mnist) -> None:
+    # 200 test images in batches of 64 -> 64, 64, 64, 8: all must be scored, none twice
+    a = train_once(FAST.replace(eval_batch=64), synthetic_mnist)
+    b = train_once(FAST.replace(eval_batch=200), synthetic_mnist)
+    assert a.accuracy == b.accuracy
+
+
+def test_subset_and_fractional_epochs(synthetic_mnist: Mnist) -> None:
+    assert train_once(FAST.replace(train_subset=128), synthetic_mnist).steps == 2
+    assert train_once(FAST.replace(epochs=1.5), synthetic_mnist).steps == 12
+
+
+# --- reproducibility ----------------------------------------------------------------------------
+
+def test_same_seed_same_result(synthetic_mnist: Mnist) -> None:
+    config = TrainConfig(batch_size=64, eval_batch=100, epochs=2.0, seed=5)
+    first = train_once(config, synthetic_mnist)
+    second = train_once(config, synthetic_mnist)
+    assert _comparable(first) == _comparable(second)
+
+
+def test_same_seed_same_result_with_the_seed_recipe_speed_knobs_off(synthetic_mnist: Mnist) -> None:
+    config = FAST.replace(channels_last=False, bf16_autocast=False, epochs=2.0, seed=1)
+    assert _comparable(train_once(config, synthetic_mnist)) == _comparable(
+        train_once(config, synthetic_mnist))
+
+
+def test_different_seeds_can_differ(synthetic_mnist: Mnist) -> None:
+    config = TrainConfig(batch_size=64, eval_batch=100, epochs=2.0)
+    accuracies = {train_once(config.replace(seed=seed), synthetic_mnist).accuracy for seed in range(4)}
+    assert len(accuracies) > 1
+
+
+def test_a_run_in_between_does_not_change_a_seeded_run(synthetic_mnist: Mnist) -> None:
+    config = FAST.replace(seed=2)
+    first = train_once(config, synthetic_mnist)
+    train_once(FAST.replace(seed=9, conv1_kernel=3), synthetic_mnist)
+    torch.rand(100)  # global RNG state moved on
+    assert _comparable(train_once(config, synthetic_mnist)) == _comparable(first)
+
+
+# --- divergence and the time limit --------------------------------------------------------------
+
+def test_nan_loss_is_flagged_as_diverged_and_stops_at_the_next_check(synthetic_mnist: Mnist) -> None:
+    data = _poisoned(synthetic_mnist, slice(None))
+    result = train_once(FAST.replace(check_every=2), data)
+    assert result.diverged
+    assert result.steps == 2 < total_steps(FAST, data)
+    assert not result.over_time
+    assert 0.0 <= result.accuracy <= 1.0  # evaluated, no exception
+
+
+def test_a_single_bad_image_diverges_the_run(synthetic_mnist: Mnist) -> None:
+    data = _poisoned(synthetic_mnist, [17])
+    result = train_once(FAST.replace(check_every=1, epochs=2.0), data)
+    assert result.diverged
+    # the image is in one batch of the first epoch, so the run stops within it
+    assert 1 <= result.steps <= 8
+
+
+def test_divergence_is_caught_at_the_last_step_even_with_rare_checks(synthetic_mnist: Mnist) -> None:
+    data = _poisoned(synthetic_mnist, slice(None))
+    result = train_once(FAST.replace(check_every=1000), data)
+    assert result.diverged
+    assert result.steps == total_steps(FAST, data)
+
+
+def test_nan_from_the_loss_function_is_flagged(synthetic_mnist: Mnist,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import objective.trainer as trainer_module
+
+    real_nll: Callable[..., torch.Tensor] = trainer_module.F.nll_loss
+    calls = {"n": 0}
+
+    def nll_going_nan(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real_nll(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 5 else loss  # finite at first, then NaN
+
+    monkeypatch.setattr(trainer_module.F, "nll_loss", nll_going_nan)
+    result = train_once(FAST.replace(check_every=1, epochs=3.0, seed=11), synthetic_mnist)
+    assert result.diverged
+    assert result.steps < 24
+
+
+def test_zero_time_limit_is_over_time(synthetic_mnist: Mnist) -> None:
+    result = train_once(FAST.replace(check_every=1), synthetic_mnist, time_limit=0.0)
+    assert result.over_time
+    assert result.steps == 1  # stopped at the first look at the clock
+    assert not result.diverged
+
+
+def test_zero_time_limit_with_rare_checks_is_still_over_time(synthetic_mnist: Mnist) -> None:
+    result = train_once(FAST.replace(check_every=1000), synthetic_mnist, time_limit=0.0)
+    assert result.over_time
+
+
+def test_no_time_limit_is_never_over_time(synthetic_mnist: Mnist) -> None:
+    assert not train_once(FAST, synthetic_mnist, time_limit=math.inf).over_time
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+def test_resolve_device_cpu() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_resolve_device_without_gpu() -> None:
+    assert resolve_device("auto") == CPU
+    for name in ("cuda", "cuda:0", "cuda:3"):
+        with pytest.raises(ValueError, match="no usable CUDA GPU"):
+            resolve_device(name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_resolve_device_with_gpu() -> None:
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("tpu", "unknown device 'tpu'"),
+    ("gpu0", "unknown device"),
+    ("", "unknown device"),
+    ("meta", "unsupported device 'meta'"),
+    ("xla", "unsupported device"),
+])
+def test_resolve_device_rejects_other_devices(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_device(name)
+
+
+def test_fingerfpof_the_cpu() -> None:
+    fp = fingerprint(CPU)
+    assert fp["device_type"] == "cpu"
+    assert fp["torch"] == torch.__version__
+    assert fp["threads"] == torch.get_num_threads()
+    assert isinstance(fp["device"], str) and fp["device"]

@@ -6,7 +6,7 @@
 - Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
   connect timeout, so an unreachable host is an answer within seconds, not a hang.
 - Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
-  and is re-enqueued by RetryFailedTrialCallback.
+  and is re-enqueued by RetryHeartbeatStaleTrialCallback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
 from studies.spec import StudySpec
@@ -28,6 +28,10 @@ HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as dead
 MAX_RETRY = 2  # re-runs of a trial whose worker died; a failing config is not retried forever
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
+# PyMySQL's connect_timeout covers only the TCP connect; without a read timeout a host that accepts
+# but never answers hangs the handshake forever. Longer than InnoDB's default 50 s lock wait, so a
+# query that waits on a lock gets the server's own answer first.
+MYSQL_READ_TIMEOUT = 60
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 
 
@@ -71,6 +75,7 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     if url.get_backend_name() == "mysql":
         kwargs["pool_recycle"] = 3600  # MySQL closes idle connections after wait_timeout
+        kwargs["connect_args"].update(read_timeout=MYSQL_READ_TIMEOUT, write_timeout=MYSQL_READ_TIMEOUT)
     return kwargs
 
 
@@ -95,7 +100,7 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStor
         heartbeat_kwargs = {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": RetryFailedTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         }
     for attempt in range(1, attempts + 1):
         try:
@@ -104,10 +109,16 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStor
             if attempt == attempts:
                 raise StorageError(f"could not create the Optuna schema in {mask(url)}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-            if attempt == attempts:
+            if attempt == attempts or _timed_out(error):
                 raise StorageError(f"cannot connect to {mask(url)}: {_first_line(error)}") from None
         time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _timed_out(error: sqlalchemy.exc.DBAPIError) -> bool:
+    """A host that did not answer within CONNECT_TIMEOUT: retrying would only triple the wait."""
+    text = _first_line(error).lower()
+    return "timeout" in text or "timed out" in text
 
 
 def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:

@@ -1,0 +1,299 @@
+"""`python -m search.worker`: one search worker. Start one per GPU, on any number of hosts; the
+workers cooperate through the study's storage, and each runs trials until one of its stops.
+
+A GPU worker holds its GPU exclusively (a lock file per GPU on the host; --share-device to opt
+in to sharing). CPU workers take no lock: they share the cores, so give each one --threads.
+
+Stops (the running trial always finishes first): --n-trials trials run by this worker, --timeout
+seconds of searching, the study's budget ([study] n_trials finished trials, all workers together)
+reached, or a SIGINT/SIGTERM. A second signal aborts the running trial (recorded as FAILED).
+
+Exit codes: 0 stopped as planned; 1 the storage failed mid-run, or trials keep failing; 2 bad input
+(one `error: ...` line on stderr, nothing written to the storage); 130/143 aborted by a second
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from objective.config import ConfigError, TrainConfig
+from objective.data import DataError, Mnist, load_resident, resolve_root
+from objective.objective import Objective
+from objective.trainer import RunResult, resolve_device, train_once
+from search.device_lock import DeviceBusy, DeviceClaim, claim_device
+from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
+from search.signals import GracefulStop, WorkerInterrupted
+from search.trials import STORAGE_FAILURES, finished_count, run_trial, storage_failure
+from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
+from studies.storage import StorageError, create_or_load, mask, open_storage, parse_url, resolve_url
+
+log = logging.getLogger("search")
+
+DEFAULT_SPEC = "studies/mnist_fast.toml"
+# A worker whose every trial fails is burning its device on a bug: stop and say so.
+MAX_FAILURES_IN_A_ROW = 10
+
+
+class UsageError(ValueError):
+    """A bad command line, reported like every other bad input: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's default prints the usage block too
+        raise UsageError(f"{message} (see --help)")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m search.worker", description=__doc__, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", metavar="PATH", help=f"study spec (TOML); default {DEFAULT_SPEC}")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's [study] name)")
+    p.add_argument("--storage", metavar="URL", help="storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db)")
+    p.add_argument("--n-trials", metavar="N", type=_at_least_one,
+                   help="trials this worker runs at most (default: until the study's budget is reached)")
+    p.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
+                   help="start no trial after this many seconds of searching")
+    p.add_argument("--device", metavar="DEVICE", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="MNIST root holding MNIST/raw (default: $MNIST_DATA, else ~/.cache/fast-mnist)")
+    p.add_argument("--threads", metavar="N", type=_at_least_one,
+                   help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--share-device", action="store_true",
+                   help="share the GPU with other --share-device workers (their timings disturb each other)")
+    p.add_argument("--wait-device", action="store_true", help="wait for a busy GPU instead of exiting")
+    p.add_argument("--sampler-seed", metavar="SEED", type=_seed,
+                   help="sampler seed (default: the spec's [sampler] seed + this process's pid, so "
+                        "workers started together do not all sample the same points)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("--verbose", action="store_true",
+                   help="also log trial starts and the traceback of every failed trial")
+    return p
+
+
+@dataclass
+class Worker:
+    spec: StudySpec
+    study: optuna.Study
+    objective: Objective
+    device: torch.device
+    claim: DeviceClaim | None
+    trial_attrs: dict[str, Any]  # stored on every trial this worker runs
+
+
+def default_spec() -> str:
+    """studies/mnist_fast.toml from the working directory, else the copy installed with the package."""
+    if Path(DEFAULT_SPEC).exists():
+        return DEFAULT_SPEC
+    return str(Path(__file__).resolve().parents[1] / DEFAULT_SPEC)
+
+
+def default_sampler_seed(spec: StudySpec) -> int | None:
+    # Workers started together would otherwise draw the same random startup points.
+    return None if spec.sampler_seed is None else (spec.sampler_seed + os.getpid()) % 2**32
+
+
+def device_key(device: torch.device) -> str:
+    """The lock key: the GPU's UUID, which names one physical GPU whatever CUDA_VISIBLE_DEVICES
+    renumbers it to in each process; the index where the UUID is unavailable."""
+    try:
+        return f"cuda-{torch.cuda.get_device_properties(device).uuid}"
+    except (AttributeError, RuntimeError):
+        return str(device)
+
+
+def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
+    """Everything that can fail on bad input happens here, and the storage is touched last: a bad
+    spec, device or data folder never leaves a half-made study behind."""
+    spec = load_spec(args.spec or default_spec())
+    name = validate_study_name(args.study) if args.study else spec.name
+    url = resolve_url(args.storage)
+    parse_url(url)  # a typo in the scheme is reported now, not after loading the data
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    claim = None
+    if device.type == "cuda":
+        claim = claim_device(device_key(device), shared=args.share_device, wait=args.wait_device,
+                             label=str(device), keep_waiting=lambda: not stop.requested, on_wait=log.info)
+    with stop.interruptible():
+        data = load_resident(resolve_root(args.data_dir), device)
+    storage = open_storage(url)
+    seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
+    study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name)
+    if not created:
+        check_same_recipe(study, spec, url)
+    threads = torch.get_num_threads()
+    log.info("%s study %r in %s from %s: device %s (%d CPU thread%s), sampler %s seed %s, pid %d",
+             "created" if created else "joined", name, mask(url), spec.source, device, threads,
+             "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
+    objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
+    trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+                              "shared_device": bool(claim and claim.shared)}}
+    return Worker(spec, study, objective, device, claim, trial_attrs)
+
+
+def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
+    """Trials are compared by their seconds, so every worker of a study must train the same base
+    recipe to the same target. A spec edited since the study was created would mix the two."""
+    stored_base = study.user_attrs.get("base_config")
+    if stored_base is not None and stored_base != spec.base.to_dict():
+        differ = sorted(k for k in spec.base.to_dict() if stored_base.get(k) != getattr(spec.base, k))
+        raise SpecError(f"study {study.study_name!r} in {mask(url)} was created with a different [train] "
+                        f"section (differs in: {', '.join(differ) or 'keys'}); pass --study NEW_NAME "
+                        "for the edited spec, or restore the spec")
+    stored_target = study.user_attrs.get("accuracy_target")
+    if stored_target is not None and stored_target != spec.objective.accuracy_target:
+        raise SpecError(f"study {study.study_name!r} in {mask(url)} targets accuracy {stored_target}, "
+                        f"the spec {spec.objective.accuracy_target}; pass --study NEW_NAME or fix the spec")
+
+
+Train = Callable[[TrainConfig, Mnist, float], RunResult]
+
+
+def interruptible(train: Train, stop: GracefulStop) -> Train:
+    """`train` inside the stop's interruptible region: a second signal may cut training short,
+    but never one of the objective's database writes around it."""
+
+    def run(config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+        with stop.interruptible():
+            return train(config, data, time_limit)
+
+    return run
+
+
+def stop_reason(worker: Worker, args: argparse.Namespace, stop: GracefulStop, ran: int,
+                started: float) -> str | None:
+    """Why no further trial should start, or None to go on."""
+    if stop.requested:
+        return f"{_signal_name(stop)} received"
+    if args.n_trials is not None and ran >= args.n_trials:
+        return f"ran --n-trials {args.n_trials}"
+    if args.timeout is not None and time.monotonic() - started >= args.timeout:
+        return f"--timeout {args.timeout:g} s passed"
+    finished = finished_count(worker.study)
+    if finished >= worker.spec.n_trials:
+        return f"the study's budget is reached ({finished} of {worker.spec.n_trials} trials finished)"
+    return None
+
+
+def _signal_name(stop: GracefulStop) -> str:
+    return signal.Signals(stop.signum or signal.SIGINT).name
+
+
+def search(worker: Worker, args: argparse.Namespace, stop: GracefulStop) -> int:
+    summary = Summary()
+    bar = ProgressBar(args.n_trials, enabled=not args.no_progress)
+    started = time.monotonic()
+    failures_in_a_row = 0
+    exit_code = 0
+    try:
+        while (reason := stop_reason(worker, args, stop, summary.total, started)) is None:
+            trial = run_trial(worker.study, worker.objective, worker.trial_attrs)
+            summary.add(trial)
+            best = best_trial(worker.study)
+            log.info(trial_line(trial, best))
+            bar.update(best)
+            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+            if stop.aborted:
+                reason, exit_code = f"aborted on a second {_signal_name(stop)}", stop.exit_code
+                break
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                reason, exit_code = (f"{failures_in_a_row} trials in a row failed (last: "
+                                     f"{trial.user_attrs.get('fail_reason')}); rerun with --verbose "
+                                     "for the tracebacks"), 1
+                break
+        bar.close()
+        for line in summary.lines(reason, worker.study, time.monotonic() - started):
+            log.info(line)
+    except STORAGE_FAILURES as error:
+        print(f"error: the storage failed mid-run: {storage_failure(error)}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+        if worker.claim is not None:
+            worker.claim.release()
+    # A second signal between two trials aborted nothing, but it still asked for an abort.
+    return stop.exit_code if stop.aborted else exit_code
+
+
+def quiet_optuna() -> None:
+    """The worker's own lines are what a user reads: Optuna's INFO chatter and its warnings about
+    experimental APIs (heartbeats with ask-and-tell, fail_stale_trials) would drown them."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+
+
+BAD_INPUT = (UsageError, SpecError, StorageError, ConfigError, DataError, DeviceBusy, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_optuna()
+    stop = GracefulStop()
+    stop.install()
+    try:
+        args = parser().parse_args(argv)
+        setup_logging(verbose=args.verbose)
+        worker = prepare(args, stop)
+    except BAD_INPUT as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except STORAGE_FAILURES as error:  # the server went away between connecting and creating
+        print(f"error: the storage failed while opening the study: {storage_failure(error)}",
+              file=sys.stderr)
+        return 1
+    except WorkerInterrupted:  # a second signal while the data loaded: no trial exists yet
+        return stop.exit_code
+    return search(worker, args, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The real optuna-dashboard, run as a subprocess on a loopback port, reading the SQLite study the
+project writes: its HTTP API must show the study, its trials and the attributes the objective
+records, and polling it while workers write must neither fail nor lock the workers out.
+
+API routes (optuna_dashboard/_app.py): GET /api/studies -> {"study_summaries": [{study_id,
+study_name, ...}]}; GET /api/studies/<id>?after=N -> {"name", "trials": [{number, state, values,
+user_attrs: [{key, value}], ...}], "union_user_attrs", ...}. Attribute values arrive as strings:
+numbers via str(), everything else (lists, dicts) as JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from objective.data import Mnist
+from objective.objective import Objective
+from search import export
+from studies.spec import load_spec
+from studies.storage import create_or_load, open_storage
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_SPEC = ROOT / "studies" / "smoke.toml"
+MNIST = Path(os.environ.get("MNIST_DATA", ROOT.parent / "shared" / "mnist"))
+HOST = "127.0.0.1"  # loopback only, always
+# Loopback needs no proxy, whatever the environment says.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -- the dashboard process -----------------------------------------------------------------------
+
+
+def dashboard_command() -> list[str]:
+    script = Path(sys.executable).parent / "optuna-dashboard"
+    if script.exists():
+        return [str(script)]
+    # optuna_dashboard has no __main__ module; its console script calls this.
+    return [sys.executable, "-c", "from optuna_dashboard._cli import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def get(base: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """(status, parsed JSON body or text) of GET base+path; HTTP errors are returned, not raised."""
+    try:
+        with HTTP.open(base + path, timeout=timeout) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode(errors="replace")
+    with contextlib.suppress(ValueError):
+        return status, json.loads(body)
+    return status, body
+
+
+@contextlib.contextmanager
+def dashboard(url: str, log: Path, start_timeout: float = 60.0) -> Iterator[str]:
+    """optuna-dashboard on `url`, serving on a free loopback port; yields its base URL and always
+    stops it."""
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    with log.open("w") as sink:
+        process = subprocess.Popen([*dashboard_command(), url, "--host", HOST, "--port", str(port)],
+                                   stdout=sink, stderr=subprocess.STDOUT, cwd=log.parent)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"optuna-dashboard exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if get(base, "/api/meta", timeout=2)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"optuna-dashboard did not serve {base} within {start_timeout:.0f} s:\n"
+                            f"{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def study_id(base: str, name: str) -> int | None:
+    status, body = get(base, "/api/studies")
+    assert status == 200, body
+    ids = [s["study_id"] for s in body["study_summaries"] if s["study_name"] == name]
+    return ids[0] if ids else None
+
+
+def attrs(serialized: list[dict[str, str]]) -> dict[str, str]:
+    return {a["key"]: a["value"] for a in serialized}
+
+
+def assert_trials_match_storage(shown: list[dict[str, Any]], stored: list[optuna.trial.FrozenTrial]) -> None:
+    """The dashboard's trials are the storage's, with the objective's attributes intact."""
+    assert [t["number"] for t in shown] == [t.number for t in stored]
+    for served, trial in zip(shown, stored, strict=True):
+        assert served["state"] == trial.state.name.capitalize()
+        if trial.values is not None:
+            assert served["values"] == pytest.approx(trial.values)
+        user = attrs(served["user_attrs"])
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert float(user["accuracy"]) == pytest.approx(trial.user_attrs["accuracy"])
+            assert float(user["seconds"]) == pytest.approx(trial.user_attrs["seconds"])
+            assert float(user["train_seconds"]) == pytest.approx(trial.user_attrs["train_seconds"])
+            assert json.loads(user["fingerprint"]) == trial.user_attrs["fingerprint"]
+            assert json.loads(user["config"]) == trial.user_attrs["config"]
+        served_params = {p["name"]: p["param_external_value"] for p in served["params"]}
+        assert served_params == {name: str(value) for name, value in trial.params.items()}
+
+
+# -- a study written by the project's Objective on tiny synthetic data --------------------------
+
+
+def synthetic_mnist(n_train: int = 256, n_test: int = 200) -> Mnist:
+    generator = torch.Generator().manual_seed(0)
+    return Mnist(torch.randn(n_train, 1, 28, 28, generator=generator),
+                 torch.randint(0, 10, (n_train,), generator=generator),
+                 torch.randn(n_test, 1, 28, 28, generator=generator),
+                 torch.randint(0, 10, (n_test,), generator=generator))
+
+
+def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = load_spec(SMOKE_SPEC)
+    study, created = create_or_load(spec, open_storage(url, heartbeat=False), sampler_seed=0)
+    assert created
+    objective = Objective(spec.space, spec.base, spec.objective, synthetic_mnist())
+    study.optimize(objective, n_trials=3)
+    stored = study.get_trials()
+
+    with dashboard(url, tmp_path / "dashboard.log") as base:
+        status, page = get(base, "/")
+        assert status == 200 and "<html" in page.lower()
+        sid = study_id(base, spec.name)
+        assert sid is not None
+        summaries = get(base, "/api/studies")[1]["study_summaries"]
+        summary = next(s for s in summaries if s["study_id"] == sid)
+        assert summary["directions"] == ["minimize"]
+        assert float(attrs(summary["user_attrs"])["accuracy_target"]) == spec.objective.accuracy_target
+
+        status, detail = get(base, f"/api/studies/{sid}?after=0")
+        assert status == 200, detail
+        assert detail["name"] == spec.name
+        assert len(detail["trials"]) == 3
+        assert_trials_match_storage(detail["trials"], stored)
+        baseline = attrs(detail["trials"][0]["user_attrs"])
+        assert baseline["baseline"] == "True"  # create_or_load enqueued the seed recipe first
+        assert {"accuracy", "seconds", "fingerprint", "config"} <= \
+            {a["key"] for a in detail["union_user_attrs"]}
+        assert len(detail["best_trials"]) == 1
+
+        status, tail = get(base, f"/api/studies/{sid}?after=2")  # only trials from number 2 on
+        assert status == 200 and [t["number"] for t in tail["trials"]] == [2]
+        assert get(base, "/api/studies/999")[0] == 404
+    log = (tmp_path / "dashboard.log").read_text()
+    assert "Traceback" not in log
+
+
+# -- real workers writing while the dashboard polls ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "search" / "worker.py").exists(), reason="search/worker.py not written yet")
+def test_dashboard_polls_while_two_real_workers_write(tmp_path: Path) -> None:
+    if not (MNIST / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found at {MNIST}")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = load_spec(SMOKE_SPEC)
+    # The dashboard opens the storage without creating tables (and exits on a database that has
+    # none), so the schema exists first, as it does once any worker has started.
+    open_storage(url, heartbeat=False).remove_session()
+    env = {**os.environ, "MNIST_DATA": str(MNIST), "FAST_MNIST_CACHE": str(tmp_path / "cache"),
+           "FAST_MNIST_LOCK_DIR": str(tmp_path / "locks"), "PYTHONPATH": str(ROOT)}
+    env.pop("OPTUNA_STORAGE", None)
+    # One torch thread each: two workers with torch's default (one thread per core) oversubscribe a
+    # 2-core machine and every trial takes 10-20x longer (measured: 13-23 s instead of ~1.2 s).
+    command = [sys.executable, "-m", "search.worker", "--spec", "studies/smoke.toml", "--storage", url,
+               "--n-trials", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
+
+    with dashboard(url, tmp_path / "dashboard.log") as base:
+        logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+        workers = []
+        for log in logs:
+            with log.open("w") as sink:
+                workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink,
+                                                stderr=subprocess.STDOUT))
+        polls, seen_during_run = 0, 0
+        try:
+            deadline = time.monotonic() + 300
+            while any(w.poll() is None for w in workers):
+                assert time.monotonic() < deadline, "workers did not finish within 300 s"
+                sid = study_id(base, spec.name)  # asserts HTTP 200
+                polls += 1
+                if sid is not None:
+                    status, detail = get(base, f"/api/studies/{sid}?after=0")
+                    assert status == 200, detail
+                    seen_during_run += 1
+                time.sleep(0.25)
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                worker.wait(timeout=30)
+        outputs = [log.read_text() for log in logs]
+        for worker, output in zip(workers, outputs, strict=True):
+            assert worker.returncode == 0, output
+            assert "database is locked" not in output, output
+        assert polls >= 4 and seen_during_run >= 1, (polls, seen_during_run)
+
+        stored = optuna.load_study(study_name=spec.name, storage=url).get_trials()
+        assert len(stored) == 4  # 2 per worker, the baseline among them
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored), \
+            [t.user_attrs.get("fail_reason") for t in stored]
+        assert sum(bool(t.user_attrs.get("baseline")) for t in stored) == 1
+
+        # The dashboard caches trials for ~2 s: wait (bounded) until it shows the final state.
+        sid = study_id(base, spec.name)
+        assert sid is not None
+        deadline = time.monotonic() + 30
+        while True:
+            status, detail = get(base, f"/api/studies/{sid}?after=0")
+            assert status == 200, detail
+            if [t["state"] for t in detail["trials"]] == ["Complete"] * len(stored):
+                break
+            assert time.monotonic() < deadline, detail["trials"]
+            time.sleep(0.5)
+        assert_trials_match_storage(detail["trials"], stored)
+        for served in detail["trials"]:
+            user = attrs(served["user_attrs"])
+            assert 0.0 < float(user["accuracy"]) <= 1.0 and float(user["seconds"]) > 0
+            fingerprint = json.loads(user["fingerprint"])
+            assert fingerprint["device_type"] == "cpu" and fingerprint["threads"] == 1
+
+        # Export reads the same file the dashboard still holds open.
+        out = tmp_path / "best.json"
+        assert export.main(["--storage", url, "--study", spec.name, "--out", str(out)]) == 0
+        document = json.loads(out.read_text())
+        feasible = [t for t in stored if all(v <= 0 for v in t.constraints.values())]
+        assert document["trial"] == min(feasible, key=lambda t: t.value).number
+        assert document["config"] == stored[document["trial"]].user_attrs["config"]
+    log = (tmp_path / "dashboard.log").read_text()
+    assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
+    assert " 500 " not in log, log[-3000:]

@@ -1,0 +1,80 @@
+"""Several real worker processes on one study at once: every trial is accounted for exactly.
+
+The invariant, for W workers started together with --n-trials K on a fresh storage: the study holds
+exactly W*K trials, numbered 0..W*K-1 without gaps or duplicates, all finished (COMPLETE or PRUNED:
+none RUNNING, WAITING or FAILED), each worker ran exactly K of them (by the pid in the `worker`
+user attr), and exactly one is the enqueued baseline (the seed recipe's params). The baseline is
+not extra: whichever worker asks first after the study was created runs it as one of its K.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.spec import load_spec
+from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, assert_nothing_left_running
+
+WORKERS = 3
+PER_WORKER = 3
+
+
+def assert_exact_accounting(study: optuna.Study, workers: list[WorkerProcess]) -> None:
+    trials = study.get_trials(deepcopy=False)
+    assert_nothing_left_running(study)
+    assert len(trials) == WORKERS * PER_WORKER
+    assert sorted(t.number for t in trials) == list(range(WORKERS * PER_WORKER))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), \
+        [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    per_worker = collections.Counter(t.user_attrs["worker"]["pid"] for t in trials)
+    assert per_worker == {worker.pid: PER_WORKER for worker in workers}
+    baselines = [t for t in trials if t.user_attrs.get("baseline")]
+    assert len(baselines) == 1
+    assert baselines[0].params == load_spec(SMOKE).baseline_params()
+
+
+def run_together(spawn_worker: Spawn, args: list[str],
+                 cwd: Path | None = None) -> list[WorkerProcess]:
+    extra = {"cwd": cwd} if cwd else {}
+    workers = [spawn_worker("--spec", str(SMOKE), "--n-trials", str(PER_WORKER), *FAST, *args, **extra)
+               for _ in range(WORKERS)]
+    for worker in workers:
+        result = worker.finish(timeout=180)
+        assert result.returncode == 0, worker.output()
+        assert result.stderr == "", worker.output()  # the worker's lines go to stdout, nothing else
+        assert result.stdout.count(" trial ") >= PER_WORKER, worker.output()
+        assert f"stopped: ran --n-trials {PER_WORKER}" in result.stdout
+    return workers
+
+
+def test_three_workers_on_a_fresh_postgres_database(spawn_worker: Spawn, postgres_url: str,
+                                                    worker_env: dict[str, str]) -> None:
+    workers = run_together(spawn_worker, ["--storage", postgres_url])
+    study = optuna.load_study(study_name="smoke", storage=postgres_url)
+    assert_exact_accounting(study, workers)
+    # CPU workers share the cores: none of them took a device lock.
+    assert list(Path(worker_env["FAST_MNIST_LOCK_DIR"]).iterdir()) == []
+
+
+def test_three_workers_on_the_default_sqlite_file(spawn_worker: Spawn, tmp_path: Path) -> None:
+    """No --storage and no $OPTUNA_STORAGE: the study lands in ./optuna.db of the working folder."""
+    workers = run_together(spawn_worker, [], cwd=tmp_path)
+    assert all("sqlite:///optuna.db" in worker.finish(timeout=1).stdout for worker in workers)
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert_exact_accounting(study, workers)
+
+
+def test_a_worker_stops_at_the_study_budget(spawn_worker: Spawn, sqlite_url: str,
+                                            tmp_path: Path) -> None:
+    """[study] n_trials is the whole study's budget: a worker with no --n-trials stops there."""
+    n_trials = 2
+    spec = tmp_path / "budget.toml"
+    spec.write_text(SMOKE.read_text().replace("n_trials = 1000", f"n_trials = {n_trials}"))
+    result = spawn_worker("--spec", str(spec), "--storage", sqlite_url, *FAST).finish(timeout=120)
+    assert result.returncode == 0, result
+    assert f"budget is reached ({n_trials} of {n_trials} trials finished)" in result.stdout
+    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == n_trials

@@ -1,0 +1,173 @@
+"""The worker's trial loop in-process, with stand-in objectives (no training): how each way a trial
+can end is stored, when the loop stops, heartbeats, stale trials, and the signal state machine."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from search.signals import GracefulStop, WorkerInterrupted
+from search.trials import run_trial
+from search.worker import MAX_FAILURES_IN_A_ROW, Worker, check_same_recipe, search
+from studies.spec import SpecError, StudySpec, load_spec
+from studies.storage import create_or_load, open_storage
+from tests.search.workers import SMOKE
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# The worker silences these in main(); here its functions are called directly.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                                        "ignore::FutureWarning", "ignore:Heartbeat of storage")
+
+Objective = Callable[[optuna.Trial], float]
+
+
+@pytest.fixture
+def spec() -> StudySpec:
+    return load_spec(SMOKE)
+
+
+@pytest.fixture
+def study(spec: StudySpec, sqlite_url: str) -> optuna.Study:
+    return create_or_load(spec, open_storage(sqlite_url), sampler_seed=0)[0]
+
+
+def run_search(study: optuna.Study, spec: StudySpec, objective: Objective, n_trials: int | None = None,
+               timeout: float | None = None) -> int:
+    worker = Worker(spec, study, objective, torch.device("cpu"), None, {"worker": {"pid": 1}})  # type: ignore[arg-type]
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True)
+    return search(worker, args, GracefulStop())
+
+
+def raising(error: BaseException) -> Objective:
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 0.003, 0.03, log=True)
+        raise error
+
+    return objective
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (ValueError("a bug in the objective"), "ValueError: a bug in the objective"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail"),
+     "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+     "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+    (MemoryError(), "MemoryError: (no message)"),
+    (WorkerInterrupted(signal.SIGTERM), "worker interrupted (SIGTERM)"),
+])
+def test_an_exception_fails_the_trial_with_its_reason(study: optuna.Study, error: BaseException,
+                                                      reason: str) -> None:
+    trial = run_trial(study, raising(error), {"worker": {"pid": 1}})
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == reason
+    assert trial.user_attrs["worker"] == {"pid": 1}
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.FAIL  # stored, not only returned
+
+
+def test_values_and_prunes_are_told(study: optuna.Study) -> None:
+    assert run_trial(study, lambda trial: 1.5, {}).state == TrialState.COMPLETE
+    assert run_trial(study, raising(optuna.TrialPruned("too slow")), {}).state == TrialState.PRUNED
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.get_trials()[0].user_attrs["baseline"] is True  # the first ask ran the baseline
+
+
+def test_the_loop_goes_on_after_a_failed_trial(study: optuna.Study, spec: StudySpec) -> None:
+    def fails_once(trial: optuna.Trial) -> float:
+        if trial.number == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return 2.0
+
+    assert run_search(study, spec, fails_once, n_trials=3) == 0
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL,
+                                                     TrialState.COMPLETE]
+
+
+def test_the_loop_gives_up_on_an_objective_that_always_fails(study: optuna.Study, spec: StudySpec) -> None:
+    assert run_search(study, spec, raising(ValueError("broken")), n_trials=50) == 1
+    assert len(study.get_trials()) == MAX_FAILURES_IN_A_ROW
+
+
+def test_the_loop_stops_at_the_study_budget_counting_every_worker(study: optuna.Study,
+                                                                   spec: StudySpec) -> None:
+    run_trial(study, lambda trial: 3.0, {})  # "another worker" finished one already
+    run_trial(study, raising(ValueError("x")), {})  # a failure does not count against the budget
+    assert run_search(study, spec=dataclasses.replace(spec, n_trials=3), objective=lambda t: 2.0) == 0
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 3
+
+
+def test_the_loop_starts_no_trial_after_the_timeout(study: optuna.Study, spec: StudySpec) -> None:
+    def slow(trial: optuna.Trial) -> float:
+        time.sleep(0.4)
+        return 1.0
+
+    assert run_search(study, spec, slow, timeout=1.0) == 0
+    assert 2 <= len(study.get_trials()) <= 4
+
+
+def test_heartbeats_keep_a_long_trial_alive_and_a_dead_workers_trial_is_retried(
+        spec: StudySpec, tmp_path: Path) -> None:
+    # A 1 s heartbeat and a 3 s grace period, so staleness shows within seconds.
+    path = tmp_path / "hb.db"
+
+    def heartbeat_age(trial_id: int) -> float:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            (age,) = db.execute("SELECT (julianday('now') - julianday(heartbeat)) * 86400 FROM "
+                                "trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone()
+        return age
+
+    storage = RDBStorage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=3,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    study = create_or_load(spec, storage, sampler_seed=0)[0]
+    dead = study.ask()  # a worker that died: it recorded one heartbeat, then nothing
+    storage.record_heartbeat(dead._trial_id)
+
+    def long_trial(trial: optuna.Trial) -> float:
+        time.sleep(4.0)  # longer than the grace period: only the heartbeat thread keeps it alive
+        assert heartbeat_age(trial._trial_id) <= 2.0  # 1 s interval, SQLite's whole seconds
+        assert trial._trial_id not in storage._get_stale_trial_ids(study._study_id)
+        return 1.0
+
+    time.sleep(4.5)  # past the grace period, with room for SQLite's whole-second timestamps
+    trial = run_trial(study, long_trial, {})
+    assert trial.state == TrialState.COMPLETE
+    assert study.get_trials()[dead.number].state == TrialState.FAIL
+    # The stale trial's retry (a copy with its params) was waiting, so this run was that retry.
+    assert trial.system_attrs.get("failed_trial") == dead.number
+
+
+def test_a_spec_edited_since_the_study_was_created_is_refused(study: optuna.Study, spec: StudySpec) -> None:
+    check_same_recipe(study, spec, "sqlite:///x.db")  # the same spec: fine
+    edited = dataclasses.replace(spec, base=spec.base.replace(train_subset=12000))
+    with pytest.raises(SpecError, match=r"different \[train\] section \(differs in: train_subset\)"):
+        check_same_recipe(study, edited, "sqlite:///x.db")
+
+
+def test_second_signal_raises_only_inside_an_interruptible_region() -> None:
+    stop = GracefulStop()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested and not stop.aborted
+    with stop.interruptible():
+        pass  # the first signal never raises
+    stop._handle(signal.SIGTERM, None)  # outside a region: remembered, not raised
+    assert stop.aborted and stop.exit_code == 143
+    with pytest.raises(WorkerInterrupted), stop.interruptible():
+        pytest.fail("the region must not start once the worker is aborting")
+
+    inside = GracefulStop()
+    inside._handle(signal.SIGINT, None)
+    with pytest.raises(WorkerInterrupted), inside.interruptible():
+        inside._handle(signal.SIGINT, None)
+    assert inside.exit_code == 130

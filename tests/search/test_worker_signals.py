@@ -1,0 +1,70 @@
+"""SIGINT/SIGTERM sent to a real worker in the middle of a trial: the first lets the trial finish and
+the worker exit 0; a second aborts the trial, which is stored as FAILED with a reason, and the worker
+exits 128 + the signal. Either way no trial is left RUNNING."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.search.workers import FAST, SMOKE, Spawn, assert_nothing_left_running
+
+STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
+
+
+@pytest.fixture
+def slow_spec(tmp_path: Path) -> Path:
+    """The smoke study on all 60,000 training images: a trial takes seconds, long enough to be
+    caught in the middle (the smoke spec's 6,000 take well under one)."""
+    spec = tmp_path / "slow.toml"
+    spec.write_text(SMOKE.read_text().replace("train_subset = 6000", "train_subset = 60000"))
+    return spec
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_first_signal_finishes_the_running_trial_then_exits_0(spawn_worker: Spawn, slow_spec: Path,
+                                                               sqlite_url: str, signum: int) -> None:
+    name = signal.Signals(signum).name
+    worker = spawn_worker("--spec", str(slow_spec), "--storage", sqlite_url, "--n-trials", "5",
+                          "--verbose", *FAST)
+    worker.wait_for("trial 0 started", timeout=STARTUP)
+    worker.process.send_signal(signum)
+    result = worker.finish(timeout=120)
+    assert result.returncode == 0, worker.output()
+    assert f"{name} received: stopping after the current trial" in result.stdout
+    assert f"stopped: {name} received" in result.stdout
+    assert result.stderr == "", worker.output()
+    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
+    assert_nothing_left_running(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] in ([TrialState.COMPLETE], [TrialState.PRUNED])
+    assert "accuracy" in trials[0].user_attrs  # it trained to the end
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_second_signal_fails_the_running_trial_and_exits_128_plus_signal(
+        spawn_worker: Spawn, slow_spec: Path, sqlite_url: str, signum: int) -> None:
+    name = signal.Signals(signum).name
+    worker = spawn_worker("--spec", str(slow_spec), "--storage", sqlite_url, "--n-trials", "5",
+                          "--verbose", *FAST)
+    worker.wait_for("trial 0 started", timeout=STARTUP)
+    worker.process.send_signal(signum)
+    worker.wait_for("stopping after the current trial", timeout=10)
+    worker.process.send_signal(signum)
+    sent = time.monotonic()
+    result = worker.finish(timeout=60)
+    assert result.returncode == 128 + signum, worker.output()
+    assert time.monotonic() - sent < 10  # the trial was cut short, not run to its end
+    assert f"{name} received again: aborting the current trial" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
+    assert_nothing_left_running(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["fail_reason"] == f"worker interrupted ({name})"
+    assert "accuracy" not in trials[0].user_attrs  # it never finished training

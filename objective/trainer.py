@@ -114,6 +114,9 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
            str(data.device))
     if key in _warmed:
         return
+    if data.device.type == "cuda":
+        # Autotune conv kernels per shape; the warm-up below meets every shape, so it is untimed.
+        torch.backends.cudnn.benchmark = True
     probe = config.replace(epochs=1.0, train_subset=0, seed=config.seed)
     torch.manual_seed(config.seed)
     model = build_model(probe, data.device)

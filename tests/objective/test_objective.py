@@ -371,3 +371,12 @@ def test_real_training_through_study_optimize(synthetic_mnist: Mnist) -> None:
         assert trial.value == penalized_value(attrs["accuracy"], attrs["seconds"], settings)
         assert math.isfinite(trial.value)
         assert trial.constraints["accuracy_shortfall"] == pytest.approx(0.99 - attrs["accuracy"])
+
+
+def test_accuracy_margin_raises_the_bar_for_feasibility() -> None:
+    settings = ObjectiveSettings(accuracy_target=0.99, accuracy_margin=0.001, time_limit=60.0)
+    assert settings.required_accuracy == 0.991
+    assert penalized_value(0.991, 2.0, settings) == 2.0
+    assert penalized_value(0.9905, 2.0, settings) > 60.0
+    with pytest.raises(ValueError, match="accuracy_margin"):
+        ObjectiveSettings(accuracy_target=0.99, accuracy_margin=0.02)

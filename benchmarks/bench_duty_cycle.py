@@ -1,0 +1,74 @@
+"""Worker duty cycle: the fraction of a worker's wall time spent inside (timed) training.
+
+    python benchmarks/bench_duty_cycle.py --trials 1000 --trial-seconds 0.2
+
+One worker runs the real trial loop (benchmarks/sleep_worker.py) on the mission's 10-parameter
+space with Optuna 5's default TPE, against a fresh SQLite file and a fresh Postgres database, and
+each trial "trains" by sleeping --trial-seconds. Duty cycle = time asleep / loop wall time;
+overhead per trial = (wall - asleep) / trials, reported for the first and last 100 trials too,
+since the sampler's cost grows with the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import tempfile
+import time
+
+import psycopg
+from sleep_worker import run_loop  # benchmarks/ is on sys.path when run as a script
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def fresh_postgres() -> tuple[str, str]:
+    name = f"fms_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_postgres(name: str) -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def measure(url: str, trials: int, trial_seconds: float) -> list[str]:
+    row = []
+    for size in (100, trials - 200, 100):
+        # The loop runs in three parts on one study so the early and late overheads show apart.
+        sleeper, ran, wall = run_loop(url, "duty", trial_seconds, size, None, sampler_seed=0)
+        row.append((sleeper.trained, ran, wall))
+    asleep = sum(part[0] for part in row)
+    wall = sum(part[2] for part in row)
+    ran = sum(part[1] for part in row)
+    first, last = row[0], row[2]
+    return [f"{ran}", f"{100 * asleep / wall:.1f} %", f"{1000 * (wall - asleep) / ran:.1f}",
+            f"{1000 * (first[2] - first[0]) / first[1]:.1f}", f"{1000 * (last[2] - last[0]) / last[1]:.1f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--trial-seconds", type=float, default=0.2)
+    args = parser.parse_args()
+    assert args.trials > 200, "at least 200 trials: the first and last 100 are reported apart"
+    print(f"{args.trials} trials of {args.trial_seconds} s, mnist_fast space, TPE (Optuna 5 defaults), "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| storage | trials | duty cycle | overhead ms/trial | first 100 | last 100 |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        cells = measure(f"sqlite:///{scratch}/duty.db", args.trials, args.trial_seconds)
+        print("| SQLite (WAL) | " + " | ".join(cells) + " |", flush=True)
+    name, url = fresh_postgres()
+    try:
+        cells = measure(url, args.trials, args.trial_seconds)
+        print("| PostgreSQL 15 | " + " | ".join(cells) + " |")
+    finally:
+        drop_postgres(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The worker's real trial loop with a benchmark-only objective that "trains" by sleeping.
+
+Everything but the training is the product's: the spec's search space and sampler, the storage
+settings, ask, suggest, the heartbeat, the user attributes and constraint, tell, the budget check
+and the per-trial log line. The sleep stands for a trial of fixed length, so what is left of the
+wall time is the service's overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from objective.config import TrainConfig
+from objective.data import Mnist
+from objective.objective import Objective
+from objective.trainer import RunResult
+from search import worker as search_worker
+from search.signals import GracefulStop
+from studies.spec import load_spec
+from studies.storage import create_or_load, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "studies" / "mnist_fast.toml"
+
+
+class SleepTrain:
+    """Stands in for `train_once`: sleeps `seconds` and counts the time spent "training"."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.trained = 0.0
+        self.runs = 0
+
+    def __call__(self, config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+        start = time.perf_counter()
+        time.sleep(self.seconds)
+        elapsed = time.perf_counter() - start
+        self.trained += elapsed
+        self.runs += 1
+        return RunResult(seed=config.seed, accuracy=0.995, seconds=elapsed, train_seconds=elapsed,
+                         steps=1, diverged=False, over_time=False,
+                         fingerprint={"device": "sleep", "device_type": "cpu", "torch": "-", "threads": 1})
+
+
+def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | None,
+             timeout: float | None, sampler_seed: int) -> tuple[SleepTrain, int, float]:
+    """Run the worker's loop; returns (the sleeper, trials this worker ran, loop wall seconds)."""
+    spec = load_spec(SPEC)
+    spec = type(spec)(**{**spec.__dict__, "n_trials": 10**9})  # the loop stops on n_trials/timeout
+    study, _ = create_or_load(spec, open_storage(url), sampler_seed=sampler_seed, study_name=study_name)
+    sleeper = SleepTrain(trial_seconds)
+    objective = Objective(spec.space, spec.base, spec.objective, data=None, train=sleeper)  # type: ignore[arg-type]
+    worker = search_worker.Worker(spec, study, objective, torch.device("cpu"), None, {})
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True)
+    logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console
+    search_worker.quiet_optuna()
+    start = time.perf_counter()
+    search_worker.search(worker, args, GracefulStop())
+    return sleeper, sleeper.runs, time.perf_counter() - start

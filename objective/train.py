@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict, load_json, parse_assignment
 from objective.data import DataError, load_resident, resolve_root
 from objective.trainer import RunResult, resolve_device, train_once
@@ -52,8 +53,8 @@ def summarize(runs: list[RunResult], device: torch.device, config: TrainConfig) 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m objective.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m objective.train", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file of config fields (or an export from search.export)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field; repeatable")

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import optuna
 import sqlalchemy
 
+from objective.cli import OneLineParser
 from studies.export import (
     Choice,
     ExportError,
@@ -39,17 +39,13 @@ from studies.export import (
     verify,
     write_atomic,
 )
+from studies.spec import SpecError, validate_study_name
 from studies.storage import StorageError, mask, resolve_url
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, like every other error here
-        self.exit(2, f"error: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.export", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m search.export", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--storage", help="storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--out", default="best.json", help="output file, or - for stdout (default: best.json)")
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     url = resolve_url(args.storage)
     try:
         return run(args, url)
-    except (ExportError, StorageError) as error:
+    except (ExportError, SpecError, StorageError) as error:
         say(f"error: {error}")
     except sqlalchemy.exc.SQLAlchemyError as error:
         say(f"error: cannot read {mask(url)}: {_first_line(error)}")
@@ -82,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, url: str) -> int:
     # Everything that can be checked cheaply is checked before a long --verify.
+    validate_study_name(args.study)
     if args.verify is not None and args.verify < 1:
         raise ExportError(f"--verify must be >= 1 (seeds to retrain), got {args.verify}")
     if args.threads is not None and args.threads < 1:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import collections
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import tqdm
 from optuna.trial import FrozenTrial, TrialState
+
+from objective.cli import hide_passwords
 
 log = logging.getLogger("search")
 
@@ -30,9 +33,22 @@ class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
-def setup_logging(verbose: bool = False) -> None:
+class _HidePasswords(logging.Filter):
+    """No log line shows a password: not in a URL, and not the storage's own anywhere."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = hide_passwords(record.getMessage(), self.secrets), None
+        return True
+
+
+def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:
     handler = _TqdmHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(_HidePasswords(secrets))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

@@ -19,8 +19,10 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from objective.cli import OneLineParser
+from studies.export import ExportError, check_writable, open_study
 from studies.spec import SpecError, validate_study_name
-from studies.storage import StorageError, load_existing, resolve_url
+from studies.storage import StorageError, resolve_url
 
 
 def accuracy_vs_seconds(trials: list[FrozenTrial], target: float) -> go.Figure:
@@ -65,8 +67,8 @@ def render(study: optuna.Study) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m search.report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", help="storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
     parser.add_argument("--study", required=True)
     parser.add_argument("--out", default="report.html")
@@ -75,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     url = resolve_url(args.storage)
     try:
         validate_study_name(args.study)
-        study = load_existing(url, args.study)
+        check_writable(Path(args.out))  # before reading: a bad path is the answer, not a late surprise
+        study = open_study(url, args.study)  # never creates a database or tables
         page = render(study)
         Path(args.out).write_text(page)
-    except (SpecError, StorageError) as error:
+    except (ExportError, SpecError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

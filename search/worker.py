@@ -8,9 +8,15 @@ Stops (the running trial always finishes first): --n-trials trials run by this w
 seconds of searching, the study's budget ([study] n_trials finished trials, all workers together)
 reached, or a SIGINT/SIGTERM. A second signal aborts the running trial (recorded as FAILED).
 
-Exit codes: 0 stopped as planned; 1 the storage failed mid-run, or trials keep failing; 2 bad input
-(one `error: ...` line on stderr, nothing written to the storage); 130/143 aborted by a second
-SIGINT/SIGTERM.
+A database that goes away mid-run (a restart, a network blip) is waited for: each storage call is
+retried with backoff (1, 2, 4, 8, then 16 s), with one log line per wait, for up to --db-patience
+seconds (default 120). Past that the worker exits 1; the trial it was running stays RUNNING until
+its heartbeat is --grace-period seconds old, then the next worker to look (a running one, or the
+next one started) marks it FAILED and queues a retry of its parameters.
+
+Exit codes: 0 stopped as planned; 1 the storage failed mid-run (or stayed away past --db-patience),
+or trials keep failing; 2 bad input (one `error: ...` line on stderr, nothing written to the
+storage); 130/143 aborted by a second SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,22 +32,34 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
+from objective.cli import OneLineParser, hide_passwords
 from objective.config import ConfigError, TrainConfig
 from objective.data import DataError, Mnist, load_resident, resolve_root
 from objective.objective import Objective
 from objective.trainer import RunResult, resolve_device, train_once
 from search.device_lock import DeviceBusy, DeviceClaim, claim_device
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
+from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
 from search.signals import GracefulStop, WorkerInterrupted
-from search.trials import STORAGE_FAILURES, finished_count, run_trial, storage_failure
+from search.trials import STORAGE_FAILURES, finished_count, run_trial
 from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
-from studies.storage import StorageError, create_or_load, mask, open_storage, parse_url, resolve_url
+from studies.storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    StorageError,
+    create_or_load,
+    mask,
+    open_storage,
+    parse_url,
+    resolve_url,
+    secrets_of,
+)
 
 log = logging.getLogger("search")
 
@@ -51,12 +69,7 @@ MAX_FAILURES_IN_A_ROW = 10
 
 
 class UsageError(ValueError):
-    """A bad command line, reported like every other bad input: one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse's default prints the usage block too
-        raise UsageError(f"{message} (see --help)")
+    """Options that contradict each other, reported like every other bad input: one line, exit 2."""
 
 
 def _at_least_one(text: str) -> int:
@@ -90,8 +103,8 @@ def _seed(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.worker", description=__doc__, allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m search.worker", description=__doc__, allow_abbrev=False,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", metavar="PATH", help=f"study spec (TOML); default {DEFAULT_SPEC}")
     p.add_argument("--study", metavar="NAME", help="study name (default: the spec's [study] name)")
     p.add_argument("--storage", metavar="URL", help="storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db)")
@@ -111,6 +124,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", metavar="SEED", type=_seed,
                    help="sampler seed (default: the spec's [sampler] seed + this process's pid, so "
                         "workers started together do not all sample the same points)")
+    p.add_argument("--db-patience", metavar="SECONDS", type=_positive_seconds, default=DEFAULT_PATIENCE,
+                   help="how long to keep retrying a database that went away before exiting 1 "
+                        f"(default {DEFAULT_PATIENCE:g})")
+    p.add_argument("--heartbeat-interval", metavar="SECONDS", type=_at_least_one, default=HEARTBEAT_INTERVAL,
+                   help=f"seconds between a running trial's heartbeats (default {HEARTBEAT_INTERVAL})")
+    p.add_argument("--grace-period", metavar="SECONDS", type=_at_least_one, default=GRACE_PERIOD,
+                   help="seconds without a heartbeat after which a trial counts as its worker's death, "
+                        f"turns FAILED and is retried; give every worker of a study the same (default "
+                        f"{GRACE_PERIOD})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--verbose", action="store_true",
                    help="also log trial starts and the traceback of every failed trial")
@@ -155,6 +177,9 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     name = validate_study_name(args.study) if args.study else spec.name
     url = resolve_url(args.storage)
     parse_url(url)  # a typo in the scheme is reported now, not after loading the data
+    if args.grace_period <= args.heartbeat_interval:
+        raise UsageError(f"--grace-period ({args.grace_period} s) must be longer than --heartbeat-interval "
+                         f"({args.heartbeat_interval} s), or every running trial would count as dead")
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -164,7 +189,9 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
                              label=str(device), keep_waiting=lambda: not stop.requested, on_wait=log.info)
     with stop.interruptible():
         data = load_resident(resolve_root(args.data_dir), device)
-    storage = open_storage(url)
+    storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
+                                           grace_period=args.grace_period),
+                              Retry(patience=args.db_patience))
     seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
     study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name)
     if not created:
@@ -252,8 +279,15 @@ def search(worker: Worker, args: argparse.Namespace, stop: GracefulStop) -> int:
         bar.close()
         for line in summary.lines(reason, worker.study, time.monotonic() - started):
             log.info(line)
+    except DatabaseUnavailable as error:
+        running = "no trial was running"
+        if error.trial is not None:
+            running = (f"trial {error.trial} stays RUNNING until its heartbeat is {args.grace_period} s old, "
+                       "then the next worker to look marks it FAILED and queues a retry")
+        say_error(f"{error}; gave up after --db-patience {args.db_patience:g} s: {running}", args)
+        return 1
     except STORAGE_FAILURES as error:
-        print(f"error: the storage failed mid-run: {storage_failure(error)}", file=sys.stderr)
+        say_error(f"the storage failed mid-run: {storage_failure(error)}", args)
         return 1
     finally:
         bar.close()
@@ -272,6 +306,11 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
 
 
+def say_error(message: str, args: argparse.Namespace) -> None:
+    """The one `error:` line, with the storage password hidden even where a message quotes it."""
+    print(f"error: {hide_passwords(message, secrets_of(resolve_url(args.storage)))}", file=sys.stderr)
+
+
 BAD_INPUT = (UsageError, SpecError, StorageError, ConfigError, DataError, DeviceBusy, ValueError)
 
 
@@ -279,16 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_optuna()
     stop = GracefulStop()
     stop.install()
+    args = parser().parse_args(argv)
+    setup_logging(verbose=args.verbose, secrets=secrets_of(resolve_url(args.storage)))
     try:
-        args = parser().parse_args(argv)
-        setup_logging(verbose=args.verbose)
         worker = prepare(args, stop)
     except BAD_INPUT as error:
-        print(f"error: {error}", file=sys.stderr)
+        say_error(str(error), args)
         return 2
     except STORAGE_FAILURES as error:  # the server went away between connecting and creating
-        print(f"error: the storage failed while opening the study: {storage_failure(error)}",
-              file=sys.stderr)
+        say_error(f"the storage failed while opening the study: {storage_failure(error)}", args)
         return 1
     except WorkerInterrupted:  # a second signal while the data loaded: no trial exists yet
         return stop.exit_code

@@ -6,7 +6,9 @@
 - Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
   connect timeout, so an unreachable host is an answer within seconds, not a hang.
 - Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
-  and is re-enqueued by RetryHeartbeatStaleTrialCallback.
+  and is re-enqueued by RetryHeartbeatStaleTrialCallback (at most MAX_RETRY times). The worker's
+  --heartbeat-interval and --grace-period change the defaults below; give every worker of a study
+  the same grace period (the one that checks judges by its own).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import os
 import sqlite3
 import time
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
 from studies.spec import StudySpec
@@ -50,6 +53,15 @@ def mask(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL still must not leak what looks like a secret
         return url.split("@")[-1] if "@" in url else url
+
+
+def secrets_of(url: str) -> list[str]:
+    """The password in `url`, as written there and decoded, for hiding it in any text."""
+    try:
+        password = make_url(url).password
+    except Exception:  # not a URL: nothing to hide beyond what mask() does
+        return []
+    return sorted({str(password), quote(str(password), safe="")}) if password else []
 
 
 def parse_url(url: str) -> URL:
@@ -86,7 +98,9 @@ def _enable_wal(url: URL) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
 
 
-def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStorage:
+def open_storage(url: str, heartbeat: bool = True, attempts: int = 3,
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD) -> RDBStorage:
     """An RDBStorage for `url`. Concurrent first starts race to create the schema, so a failed
     attempt is retried with a short backoff before giving up with one clear line."""
     parsed = parse_url(url)
@@ -98,8 +112,8 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 3) -> RDBStor
     heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat:
         heartbeat_kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         }
     for attempt in range(1, attempts + 1):
@@ -126,7 +140,7 @@ def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def create_or_load(spec: StudySpec, storage: RDBStorage, sampler_seed: int | None,
+def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | None,
                    study_name: str | None = None) -> tuple[optuna.Study, bool]:
     """The spec's study on `storage`, created if missing. Returns (study, created).
 

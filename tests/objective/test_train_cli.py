@@ -13,12 +13,14 @@ import objective.train as train_module
 from objective.config import ConfigError, TrainConfig
 from objective.data import Mnist
 from objective.train import build_config, main, parse_seeds
+from tests.search.workers import offline_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NO_GPU = not torch.cuda.is_available()
 
 # Bad inputs: (arguments, what the one error line must say). Each must fail cleanly: exit code 2,
-# exactly one "error:" line on stderr, no traceback.
+# exactly one "error:" line on stderr, no traceback. Checked here through `main`; tests/test_bad_input.py
+# runs a selection as real processes, with the bad inputs of the other CLIs.
 BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "unknown key": (["--set", "learning_rate=0.1"], "unknown config key(s) learning_rate"),
     "set without =": (["--set", "lr"], "--set expects key=value"),
@@ -38,31 +40,9 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "seeds abc": (["--seeds", "abc"], "--seeds expects comma-separated integers"),
     "seeds empty": (["--seeds", ","], "--seeds needs at least one seed"),
     "threads 0": (["--threads", "0", "--device", "cpu"], "--threads must be >= 1"),
-    "missing MNIST": (["--device", "cpu"], "MNIST not found in"),
 }
 if NO_GPU:
     BAD_INPUTS["device cuda"] = (["--device", "cuda"], "no usable CUDA GPU")
-
-# These also run as real `python -m objective.train` processes (each costs an interpreter and a
-# torch import, so the rest are checked in-process through `main`).
-SUBPROCESS_CASES = [name for name in BAD_INPUTS if name in {
-    "unknown key", "batch_size=0", "lr=-1", "beta1=1", "conv1_kernel=27", "unreadable config",
-    "invalid JSON config", "device cuda", "device tpu", "seeds abc", "missing MNIST"}]
-# Missing MNIST needs the download attempt, which only the subprocess case makes.
-IN_PROCESS_CASES = [name for name in BAD_INPUTS if name != "missing MNIST"]
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["MNIST_DATA"] = str(tmp / "no-mnist")  # empty: nothing to find
-    env["FAST_MNIST_CACHE"] = str(tmp / "cache")
-    # Any download attempt is refused at once, so "missing MNIST" fails the same with or without
-    # a network (a discard-port proxy on localhost).
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        env[name] = "http://127.0.0.1:9"
-    for name in ("no_proxy", "NO_PROXY"):
-        env.pop(name, None)
-    return env
 
 
 def _make_inputs(tmp: Path) -> None:
@@ -85,18 +65,7 @@ def _assert_one_error_line(stderr: str, name: str) -> None:
     assert BAD_INPUTS[name][1] in lines[0]
 
 
-@pytest.mark.parametrize("name", SUBPROCESS_CASES)
-def test_bad_input_exits_2_with_one_error_line(name: str, tmp_path: Path) -> None:
-    _make_inputs(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "objective.train", *_arguments(name, tmp_path)],
-                         cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert run.returncode == 2, run.stderr
-    _assert_one_error_line(run.stderr, name)
-    assert run.stdout == ""
-
-
-@pytest.mark.parametrize("name", IN_PROCESS_CASES)
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_in_process(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     _make_inputs(tmp_path)
@@ -213,7 +182,7 @@ def test_main_threads(synthetic_cli: list[tuple[object, ...]], capsys: pytest.Ca
 
 @pytest.mark.slow
 def test_seed_recipe_reaches_the_target_on_real_mnist(mnist_root: Path, tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = offline_env(os.environ, tmp_path)
     run = subprocess.run(
         [sys.executable, "-m", "objective.train", "--data-dir", str(mnist_root), "--seeds", "0", "--json"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -31,10 +30,10 @@ from objective.objective import Objective
 from search import export
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
+from tests.search.workers import FAST, Spawn, account
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SPEC = ROOT / "studies" / "smoke.toml"
-MNIST = Path(os.environ.get("MNIST_DATA", ROOT.parent / "shared" / "mnist"))
 HOST = "127.0.0.1"  # loopback only, always
 # Loopback needs no proxy, whatever the environment says.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -182,59 +181,48 @@ def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
 # -- real workers writing while the dashboard polls ---------------------------------------------
 
 
+WORKERS, PER_WORKER = 4, 2
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "search" / "worker.py").exists(), reason="search/worker.py not written yet")
-def test_dashboard_polls_while_two_real_workers_write(tmp_path: Path) -> None:
-    if not (MNIST / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found at {MNIST}")
+def test_dashboard_polls_while_four_real_workers_write_the_default_sqlite(
+        spawn_worker: Spawn, tmp_path: Path) -> None:
+    """Four workers on the embedded default (./optuna.db: no --storage, no $OPTUNA_STORAGE) while
+    the dashboard polls the same file: no "database is locked" anywhere, every trial recorded."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = load_spec(SMOKE_SPEC)
     # The dashboard opens the storage without creating tables (and exits on a database that has
     # none), so the schema exists first, as it does once any worker has started.
     open_storage(url, heartbeat=False).remove_session()
-    env = {**os.environ, "MNIST_DATA": str(MNIST), "FAST_MNIST_CACHE": str(tmp_path / "cache"),
-           "FAST_MNIST_LOCK_DIR": str(tmp_path / "locks"), "PYTHONPATH": str(ROOT)}
-    env.pop("OPTUNA_STORAGE", None)
-    # One torch thread each: two workers with torch's default (one thread per core) oversubscribe a
-    # 2-core machine and every trial takes 10-20x longer (measured: 13-23 s instead of ~1.2 s).
-    command = [sys.executable, "-m", "search.worker", "--spec", "studies/smoke.toml", "--storage", url,
-               "--n-trials", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
 
     with dashboard(url, tmp_path / "dashboard.log") as base:
-        logs = [tmp_path / f"worker{index}.log" for index in range(2)]
-        workers = []
-        for log in logs:
-            with log.open("w") as sink:
-                workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink,
-                                                stderr=subprocess.STDOUT))
+        workers = [spawn_worker("--spec", str(SMOKE_SPEC), "--n-trials", str(PER_WORKER), *FAST, cwd=tmp_path)
+                   for _ in range(WORKERS)]
         polls, seen_during_run = 0, 0
-        try:
-            deadline = time.monotonic() + 300
-            while any(w.poll() is None for w in workers):
-                assert time.monotonic() < deadline, "workers did not finish within 300 s"
-                sid = study_id(base, spec.name)  # asserts HTTP 200
-                polls += 1
-                if sid is not None:
-                    status, detail = get(base, f"/api/studies/{sid}?after=0")
-                    assert status == 200, detail
-                    seen_during_run += 1
-                time.sleep(0.25)
-        finally:
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.kill()
-                worker.wait(timeout=30)
-        outputs = [log.read_text() for log in logs]
-        for worker, output in zip(workers, outputs, strict=True):
-            assert worker.returncode == 0, output
-            assert "database is locked" not in output, output
+        deadline = time.monotonic() + 300
+        while any(w.process.poll() is None for w in workers):
+            assert time.monotonic() < deadline, "workers did not finish within 300 s"
+            sid = study_id(base, spec.name)  # asserts HTTP 200
+            polls += 1
+            if sid is not None:
+                status, detail = get(base, f"/api/studies/{sid}?after=0")
+                assert status == 200, detail
+                seen_during_run += 1
+            time.sleep(0.25)
+        for worker in workers:
+            result = worker.finish(timeout=30)
+            assert result.returncode == 0 and "sqlite:///optuna.db" in result.stdout, worker.output()
+            assert "database is locked" not in worker.output(), worker.output()
         assert polls >= 4 and seen_during_run >= 1, (polls, seen_during_run)
 
-        stored = optuna.load_study(study_name=spec.name, storage=url).get_trials()
-        assert len(stored) == 4  # 2 per worker, the baseline among them
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored), \
+        study = optuna.load_study(study_name=spec.name, storage=url)
+        accounting = account(study)
+        stored = study.get_trials()
+        assert (accounting.complete, accounting.pruned, accounting.failed) == (WORKERS * PER_WORKER, 0, 0), \
             [t.user_attrs.get("fail_reason") for t in stored]
         assert sum(bool(t.user_attrs.get("baseline")) for t in stored) == 1
+        print(f"\nSQLite: {WORKERS} workers on the default ./optuna.db, dashboard polled {polls} times; "
+              f"{accounting.line()}; 'database is locked': 0")
 
         # The dashboard caches trials for ~2 s: wait (bounded) until it shows the final state.
         sid = study_id(base, spec.name)

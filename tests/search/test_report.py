@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import pytest
 
 from search import report
 
@@ -33,12 +32,3 @@ def test_report_draws_history_importances_and_accuracy_against_seconds(tmp_path:
     for expected in ("Optimization History", "Hyperparameter Importances", "Accuracy against wall seconds",
                      "baseline (seed recipe)", "target 99.0 %", "trial 3 (COMPLETE)"):
         assert expected in page, expected
-
-
-def test_report_on_a_missing_study_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    populated_study(url)
-    assert report.main(["--storage", url, "--study", "nope", "--out", str(tmp_path / "x.html")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: no study 'nope'") and "demo" in err and err.count("\n") == 1
-    assert not (tmp_path / "x.html").exists()

@@ -96,7 +96,11 @@ def test_the_loop_goes_on_after_a_failed_trial(study: optuna.Study, spec: StudyS
 
 def test_the_loop_gives_up_on_an_objective_that_always_fails(study: optuna.Study, spec: StudySpec) -> None:
     assert run_search(study, spec, raising(ValueError("broken")), n_trials=50) == 1
-    assert len(study.get_trials()) == MAX_FAILURES_IN_A_ROW
+    trials = study.get_trials()
+    assert len(trials) == MAX_FAILURES_IN_A_ROW
+    # Failed with its message, and not re-queued: only a dead worker's trial is retried.
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"ValueError: broken"}
+    assert not any("failed_trial" in t.system_attrs for t in trials)
 
 
 def test_the_loop_stops_at_the_study_budget_counting_every_worker(study: optuna.Study,

@@ -1,6 +1,7 @@
 """SIGINT/SIGTERM sent to a real worker in the middle of a trial: the first lets the trial finish and
 the worker exit 0; a second aborts the trial, which is stored as FAILED with a reason, and the worker
-exits 128 + the signal. Either way no trial is left RUNNING."""
+exits 128 + the signal. Either way no trial is left RUNNING. Each signal is sent once to a worker on
+SQLite and once to one on Postgres."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.search.workers import FAST, SMOKE, Spawn, assert_nothing_left_running
+from tests.search.workers import FAST, SMOKE, Spawn, account
 
 STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
 
@@ -26,11 +27,22 @@ def slow_spec(tmp_path: Path) -> Path:
     return spec
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# (signal, the fixture naming the storage): each signal meets each storage once over the two tests.
+FIRST = [(signal.SIGINT, "sqlite_url"), (signal.SIGTERM, "postgres_url")]
+SECOND = [(signal.SIGTERM, "sqlite_url"), (signal.SIGINT, "postgres_url")]
+
+
+def pair_id(value: object) -> str:
+    return signal.Signals(value).name if isinstance(value, signal.Signals) else str(value).split("_")[0]
+
+
+@pytest.mark.parametrize(("signum", "storage"), FIRST, ids=pair_id)
 def test_first_signal_finishes_the_running_trial_then_exits_0(spawn_worker: Spawn, slow_spec: Path,
-                                                               sqlite_url: str, signum: int) -> None:
+                                                               request: pytest.FixtureRequest, signum: int,
+                                                               storage: str) -> None:
+    url = request.getfixturevalue(storage)
     name = signal.Signals(signum).name
-    worker = spawn_worker("--spec", str(slow_spec), "--storage", sqlite_url, "--n-trials", "5",
+    worker = spawn_worker("--spec", str(slow_spec), "--storage", url, "--n-trials", "5",
                           "--verbose", *FAST)
     worker.wait_for("trial 0 started", timeout=STARTUP)
     worker.process.send_signal(signum)
@@ -39,18 +51,20 @@ def test_first_signal_finishes_the_running_trial_then_exits_0(spawn_worker: Spaw
     assert f"{name} received: stopping after the current trial" in result.stdout
     assert f"stopped: {name} received" in result.stdout
     assert result.stderr == "", worker.output()
-    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
-    assert_nothing_left_running(study)
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert account(study).finished == 1  # and nothing left RUNNING
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] in ([TrialState.COMPLETE], [TrialState.PRUNED])
     assert "accuracy" in trials[0].user_attrs  # it trained to the end
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(("signum", "storage"), SECOND, ids=pair_id)
 def test_second_signal_fails_the_running_trial_and_exits_128_plus_signal(
-        spawn_worker: Spawn, slow_spec: Path, sqlite_url: str, signum: int) -> None:
+        spawn_worker: Spawn, slow_spec: Path, request: pytest.FixtureRequest, signum: int,
+        storage: str) -> None:
+    url = request.getfixturevalue(storage)
     name = signal.Signals(signum).name
-    worker = spawn_worker("--spec", str(slow_spec), "--storage", sqlite_url, "--n-trials", "5",
+    worker = spawn_worker("--spec", str(slow_spec), "--storage", url, "--n-trials", "5",
                           "--verbose", *FAST)
     worker.wait_for("trial 0 started", timeout=STARTUP)
     worker.process.send_signal(signum)
@@ -62,8 +76,8 @@ def test_second_signal_fails_the_running_trial_and_exits_128_plus_signal(
     assert time.monotonic() - sent < 10  # the trial was cut short, not run to its end
     assert f"{name} received again: aborting the current trial" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
-    assert_nothing_left_running(study)
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert account(study).failed == 1  # and nothing left RUNNING
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL]
     assert trials[0].user_attrs["fail_reason"] == f"worker interrupted ({name})"

@@ -1,14 +1,19 @@
 """Real `python -m search.worker` processes for tests: output read as it comes, so a test can wait
-(with a deadline) for a line such as "trial 0 started" before it sends a signal."""
+(with a deadline) for a line such as "trial 0 started" before it sends a signal. Also what tests of
+processes and faults share: the exact trial accounting of a study, an environment without MNIST or
+network, and a database host that never answers."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import queue
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -94,3 +99,83 @@ def assert_nothing_left_running(study: optuna.Study) -> None:
     left = [(t.number, t.state.name) for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert not left, f"trials left unfinished: {left}"
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """A study's trials by final state. `retries` maps each trial that was re-queued (its worker
+    died) to the trial that re-ran its parameters."""
+
+    complete: int
+    pruned: int
+    failed: int
+    retries: dict[int, int]
+    lost: list[int]  # re-queued trials whose re-run (or its own re-run) did not finish
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    def line(self) -> str:
+        return (f"trials: {self.complete} COMPLETE, {self.pruned} PRUNED, {self.failed} FAILED "
+                f"({len(self.retries)} re-queued and re-run), 0 RUNNING, lost {len(self.lost)}")
+
+
+def account(study: optuna.Study) -> Accounting:
+    """The exact accounting, asserted: trial numbers 0..n-1 each exactly once, nothing RUNNING or
+    WAITING, every trial COMPLETE, PRUNED or FAILED."""
+    trials = study.get_trials(deepcopy=False)
+    assert_nothing_left_running(study)
+    numbers = sorted(t.number for t in trials)
+    assert numbers == list(range(len(trials))), f"trial numbers duplicated or missing: {numbers}"
+    states = collections.Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL] == len(trials)
+    retries = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+               if t.system_attrs.get("retry_history")}
+    by_number = {t.number: t for t in trials}
+    lost = []
+    for number in retries:
+        last = number
+        while last in retries:
+            last = retries[last]
+        if by_number[last].state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            lost.append(number)
+    return Accounting(states[TrialState.COMPLETE], states[TrialState.PRUNED], states[TrialState.FAIL],
+                      retries, lost)
+
+
+def offline_env(base: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """`base` for a process that finds no MNIST and reaches no network: an empty MNIST_DATA, its own
+    tensor cache, and any download refused at once by a proxy on a closed loopback port (so the
+    process fails the same with or without a network)."""
+    env = {**base, "MNIST_DATA": str(folder / "no-mnist"), "FAST_MNIST_CACHE": str(folder / "cache")}
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = "http://127.0.0.1:9"
+    for name in ("no_proxy", "NO_PROXY"):
+        env.pop(name, None)
+    return env
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word: a database host that is
+    'up' but never answers, which only a connect timeout can end."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        for connection in [*accepted, listener]:
+            connection.close()

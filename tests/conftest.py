@@ -1,5 +1,5 @@
-"""Fixtures for the search tests: fresh databases, and an environment in which real worker processes
-find the shared MNIST and build its tensor cache once per test session."""
+"""Fixtures for every test folder: fresh databases, and an environment in which real processes of the
+project's CLIs find the shared MNIST and build its tensor cache once per test session."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.search.workers import WorkerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "mnist"  # the shared, read-only copy next to the repository
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -1,0 +1,311 @@
+"""Fault injection with real worker processes on studies/smoke.toml: workers SIGKILLed mid-trial,
+PostgreSQL stopped and started under running workers, a database that stays away past
+--db-patience or is dropped, and trials that diverge or run out of memory. After each, the exact
+accounting of the study: trial numbers 0..n-1 once each, nothing RUNNING or WAITING, the counts of
+COMPLETE, PRUNED and FAILED, and every trial of a killed worker re-run (lost: 0).
+
+The PostgreSQL tests stop the local server (`pg_ctlcluster`), which every test using it at that
+moment feels: they are meant for a serial run (CI). The server is started again in a `finally`,
+and the test waits until it accepts connections, whatever happened.
+
+Each test prints a one-line summary (run with -s to see it); README's "What survives what" quotes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import psycopg
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ADMIN_URL
+from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, account
+
+pytestmark = pytest.mark.slow  # real workers training on the real MNIST: ~2 minutes together
+
+PASSWORD = "s3cret-" + secrets.token_hex(4)  # in every URL; trust auth ignores it, no output may show it
+FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]  # staleness within seconds
+STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
+SLACK = 4.0  # seconds of scheduling noise on a loaded 2-core machine
+
+needs_pg_ctl = pytest.mark.skipif(
+    shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir(),
+    reason="needs the local PostgreSQL cluster and pg_ctlcluster")
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgres@", f"postgres:{PASSWORD}@", 1)
+
+
+def spec_file(folder: Path, **changes: str) -> Path:
+    """smoke.toml with `old=new` replacements, as a file in `folder`."""
+    text = SMOKE.read_text()
+    for old, new in changes.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def budget(n: int) -> dict[str, str]:
+    return {"n_trials = 1000": f"n_trials = {n}"}
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="smoke", storage=url)
+
+
+def assert_no_password(*workers: WorkerProcess) -> None:
+    for worker in workers:
+        assert PASSWORD not in worker.output(), worker.output()
+
+
+# -- the PostgreSQL server ----------------------------------------------------------------------
+
+
+def pg_ctl(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+                   check=True, capture_output=True, timeout=120)
+
+
+def wait_until_postgres_accepts(timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(ADMIN_URL, connect_timeout=2) as db:
+                db.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def postgres_stopped() -> Iterator[None]:
+    """PostgreSQL down for the body, and up again afterwards: always, even when the body fails."""
+    try:
+        pg_ctl("stop")
+        yield
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already running: fine
+            pg_ctl("start")
+        wait_until_postgres_accepts()
+
+
+# -- SIGKILL ------------------------------------------------------------------------------------
+
+
+def running_trial_of(url: str, pid: int, timeout: float) -> int:
+    """The number of the trial worker `pid` is running, once it runs one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(KeyError):  # no study yet
+            for trial in load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.user_attrs.get("worker", {}).get("pid") == pid:
+                    return trial.number
+        time.sleep(0.1)
+    raise AssertionError(f"worker {pid} ran no trial within {timeout} s")
+
+
+def seconds_until_failed(url: str, numbers: dict[int, float], timeout: float) -> dict[int, float]:
+    """For each trial number (with the monotonic time of its worker's kill): seconds until FAIL."""
+    deadline = time.monotonic() + timeout
+    seen: dict[int, float] = {}
+    while len(seen) < len(numbers) and time.monotonic() < deadline:
+        for trial in load(url).get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in numbers and trial.number not in seen:
+                seen[trial.number] = time.monotonic() - numbers[trial.number]
+        time.sleep(0.1)
+    assert len(seen) == len(numbers), f"killed trials not FAILED within {timeout} s: {numbers.keys() - seen}"
+    return seen
+
+
+@needs_pg_ctl
+def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str, tmp_path: Path) -> None:
+    """Three workers; three times over the run one of them is SIGKILLed in the middle of a trial and a
+    new one started in its place (as `restart: on-failure` does). Each killed trial turns FAILED
+    within the grace period (+ one heartbeat interval) and is re-run; the others carry on; the study
+    reaches its budget."""
+    n_trials, kills = 18, 3
+    url = with_password(postgres_url)
+    args = ["--spec", str(spec_file(tmp_path, **budget(n_trials))), "--storage", url, *FAST, *FAST_HEARTBEAT]
+    workers = [spawn_worker(*args) for _ in range(3)]
+    killed: dict[int, float] = {}  # trial number -> when its worker was killed
+    for victim in workers[:kills]:
+        number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
+        time.sleep(0.3)  # into the training
+        victim.process.send_signal(signal.SIGKILL)
+        killed[number] = time.monotonic()
+        workers.append(spawn_worker(*args))
+        time.sleep(1.0)
+    failed_after = seconds_until_failed(postgres_url, killed, timeout=60)
+    survivors = workers[kills:]
+    for worker in survivors:
+        result = worker.finish(timeout=240)
+        assert result.returncode == 0, worker.output()
+        assert "budget is reached" in result.stdout
+    assert [w.finish(timeout=5).returncode for w in workers[:kills]] == [-signal.SIGKILL] * kills
+    assert_no_password(*workers)
+
+    study = load(postgres_url)
+    accounting = account(study)
+    assert accounting.failed == kills and set(accounting.retries) == set(killed)
+    assert accounting.lost == []
+    assert n_trials <= accounting.finished <= n_trials + len(survivors) - 1  # the last ones may overlap
+    trials = study.get_trials(deepcopy=False)
+    for number, retry in accounting.retries.items():
+        assert trials[number].state == TrialState.FAIL and "fail_reason" not in trials[number].user_attrs
+        assert trials[retry].params == trials[number].params
+    # FAILED by the heartbeat check: within the grace period plus one interval of the last beat.
+    assert max(failed_after.values()) <= 3 + 1 + SLACK, failed_after
+    print(f"\nSIGKILL: faults injected: {kills} SIGKILL mid-trial; {accounting.line()}; killed trials "
+          f"FAILED {min(failed_after.values()):.1f}-{max(failed_after.values()):.1f} s after the kill "
+          "(grace 3 s, heartbeat 1 s)")
+
+
+# -- PostgreSQL restarts ------------------------------------------------------------------------
+
+
+@needs_pg_ctl
+def test_workers_ride_out_a_postgres_restart(spawn_worker: Spawn, postgres_url: str, tmp_path: Path) -> None:
+    """Three workers; PostgreSQL is stopped for 4 s in the middle of the run and started again. Each
+    storage call that meets the outage waits with a log line and retries; every worker finishes, no
+    trial fails, none is left RUNNING."""
+    n_trials = 12
+    url = with_password(postgres_url)
+    args = ["--spec", str(spec_file(tmp_path, **budget(n_trials))), "--storage", url, *FAST,
+            "--heartbeat-interval", "1", "--grace-period", "20", "--db-patience", "60"]
+    workers = [spawn_worker(*args) for _ in range(3)]
+    for worker in workers:  # past the first trial (its warm-up is long): trials of a second or two
+        worker.wait_for(" COMPLETE ", timeout=STARTUP)
+    with postgres_stopped():
+        time.sleep(4.0)
+    results = [worker.finish(timeout=240) for worker in workers]
+    assert [r.returncode for r in results] == [0, 0, 0], [w.output() for w in workers]
+    assert all(r.stderr == "" for r in results), [r.stderr for r in results]
+    assert_no_password(*workers)
+    # The workers met the outage in storage calls of their loops (with trials of a second or two in
+    # an outage of about 6 s, each of them normally does), waited with a log line and went on.
+    waits = [line for r in results for line in r.stdout.splitlines() if "database unreachable" in line]
+    assert waits, [w.output() for w in workers]
+    pattern = r"retrying in [\d.]+ s \(attempt \d+/\d+, giving up after --db-patience 60 s\)"
+    assert all(re.search(pattern, line) for line in waits), waits
+
+    accounting = account(load(postgres_url))
+    assert accounting.failed == 0 and accounting.lost == []
+    assert n_trials <= accounting.finished <= n_trials + 2
+    print(f"\nrestart: faults injected: PostgreSQL stopped 4 s (+ its restart) under 3 workers; {len(waits)} "
+          f"waits logged and retried; {accounting.line()}; the first wait: {waits[0]}")
+
+
+@needs_pg_ctl
+def test_a_database_away_past_the_patience(spawn_worker: Spawn, postgres_url: str, tmp_path: Path) -> None:
+    """The worker exits 1 with one line once --db-patience has passed; its trial stays RUNNING while
+    nobody can write, and the next worker started after the database is back fails it (stale
+    heartbeat) and re-runs its parameters."""
+    url = with_password(postgres_url)
+    # 30,000 images: a trial of a few seconds, so the server stops while it trains.
+    args = ["--spec", str(spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 30000"})),
+            "--storage", url, *FAST, *FAST_HEARTBEAT]
+    worker = spawn_worker(*args, "--db-patience", "4", "--verbose")
+    worker.wait_for("trial 0 started", timeout=STARTUP)
+    with postgres_stopped():
+        result = worker.finish(timeout=120)
+    assert result.returncode == 1, worker.output()
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.fullmatch(r"error: the database stayed unreachable for 4 s \(\d+ attempts; last, during \w+: "
+                        r".+\); gave up after --db-patience 4 s: trial 0 stays RUNNING until its heartbeat "
+                        r"is 3 s old, then the next worker to look marks it FAILED and queues a retry",
+                        lines[0]), lines[0]
+    assert "database unreachable" in result.stdout and "Traceback" not in worker.output()
+    assert [t.state for t in load(postgres_url).get_trials()] == [TrialState.RUNNING]
+
+    time.sleep(3 + 1)  # past the grace period (the last beat was before the server stopped)
+    fresh = spawn_worker(*args, "--n-trials", "1")
+    assert fresh.finish(timeout=180).returncode == 0, fresh.output()
+    assert_no_password(worker, fresh)
+    accounting = account(load(postgres_url))
+    assert (accounting.failed, accounting.retries, accounting.lost) == (1, {0: 1}, [])
+    assert accounting.finished == 1
+    print(f"\npatience: faults injected: PostgreSQL down past --db-patience 4 s; worker exit 1; "
+          f"{accounting.line()} (trial 0 FAILED by the next worker, re-run as trial 1)")
+
+
+def test_a_dropped_database_ends_the_worker_with_exit_1(spawn_worker: Spawn, postgres_url: str,
+                                                        tmp_path: Path) -> None:
+    """Not an outage that passes: the worker retries for --db-patience, then exits 1 with one line
+    that quotes the database (not Optuna's generic wrapper message)."""
+    spec = spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 60000"})  # seconds per trial
+    worker = spawn_worker("--spec", str(spec), "--storage", postgres_url, "--verbose", "--db-patience", "2",
+                          *FAST)
+    worker.wait_for("trial 0 started", timeout=STARTUP)
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+    result = worker.finish(timeout=120)
+    assert result.returncode == 1, worker.output()
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: the database stayed unreachable for 2 s"), lines[0]
+    assert f'database "{database}" does not exist' in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+# -- training faults ----------------------------------------------------------------------------
+
+
+def test_divergence_and_out_of_memory_fail_only_their_trial(spawn_worker: Spawn, sqlite_url: str,
+                                                           tmp_path: Path) -> None:
+    """A random search over lr in {0.01, 1e30} and conv1_width in {8, 100000}, batches of all 2,000
+    training images: lr=1e30 diverges (NaN/inf loss: a COMPLETE, infeasible trial with the reason),
+    a width of 100,000 asks for terabytes (DefaultCPUAllocator fails at once: a FAILED trial with
+    the reason). The worker goes on to the next trial after either."""
+    spec = spec_file(tmp_path, **{
+        "train_subset = 6000\nepochs = 1.0": "train_subset = 2000\nepochs = 3.0\nbatch_size = 60000\n"
+                                              "conv1_width = 8",
+        'name = "tpe"': 'name = "random"',
+        "[params.lr]\ntype = \"float\"\nlow = 0.003\nhigh = 0.03\nlog = true":
+            "[params.lr]\ntype = \"categorical\"\nchoices = [0.01, 1e30]",
+        "[params.batch_size]\ntype = \"categorical\"\nchoices = [128, 256]\n\n": "",
+        "[params.conv1_width]\ntype = \"int\"\nlow = 8\nhigh = 24\nstep = 8":
+            "[params.conv1_width]\ntype = \"categorical\"\nchoices = [8, 100000]"})
+    worker = spawn_worker("--spec", str(spec), "--storage", sqlite_url, "--n-trials", "8",
+                          "--sampler-seed", "3", *FAST)
+    result = worker.finish(timeout=240)
+    assert result.returncode == 0, worker.output()
+    assert "stopped: ran --n-trials 8" in result.stdout and result.stderr == ""
+
+    study = load(sqlite_url)
+    accounting = account(study)
+    trials = study.get_trials(deepcopy=False)
+    oom = [t for t in trials if t.params["conv1_width"] == 100000]
+    diverged = [t for t in trials if t.params["conv1_width"] == 8 and t.params["lr"] == 1e30]
+    fine = [t for t in trials if t.params["conv1_width"] == 8 and t.params["lr"] == 0.01]
+    assert oom and diverged and fine, [t.params for t in trials]
+    for trial in oom:
+        assert trial.state == TrialState.FAIL
+        assert "DefaultCPUAllocator: can't allocate memory" in trial.user_attrs["fail_reason"]
+    for trial in diverged:
+        assert trial.state == TrialState.COMPLETE and trial.user_attrs["diverged"] is True
+        assert trial.user_attrs["reason"] == "diverged: NaN/inf training loss"
+        # Infeasible: penalized past the spec's time_limit of 30 s.
+        assert trial.constraints["accuracy_shortfall"] > 0 and trial.value > 30.0
+    assert all(t.state == TrialState.COMPLETE and not t.user_attrs["diverged"] for t in fine)
+    assert accounting.failed == len(oom) and accounting.retries == {}  # a failing config is not re-queued
+    print(f"\ntraining faults: {len(oom)} out-of-memory, {len(diverged)} divergent in 8 trials; "
+          f"{accounting.line()}")

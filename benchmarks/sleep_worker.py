@@ -9,6 +9,7 @@ wall time is the service's overhead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -51,7 +52,9 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
              timeout: float | None, sampler_seed: int) -> tuple[SleepTrain, int, float]:
     """Run the worker's loop; returns (the sleeper, trials this worker ran, loop wall seconds)."""
     spec = load_spec(SPEC)
-    spec = type(spec)(**{**spec.__dict__, "n_trials": 10**9})  # the loop stops on n_trials/timeout
+    # One run per trial (a trial of fixed length), and the loop stops on n_trials/timeout only.
+    settings = dataclasses.replace(spec.objective, repeats=1)
+    spec = dataclasses.replace(spec, n_trials=10**9, objective=settings)
     study, _ = create_or_load(spec, open_storage(url), sampler_seed=sampler_seed, study_name=study_name)
     sleeper = SleepTrain(trial_seconds)
     objective = Objective(spec.space, spec.base, spec.objective, data=None, train=sleeper)  # type: ignore[arg-type]

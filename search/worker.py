@@ -302,6 +302,9 @@ def quiet_optuna() -> None:
     """The worker's own lines are what a user reads: Optuna's INFO chatter and its warnings about
     experimental APIs (heartbeats with ask-and-tell, fail_stale_trials) would drown them."""
     optuna.logging.set_verbosity(logging.WARNING)
+    # The RDB storage logs a warning for each database error before raising it; search/retry.py
+    # already reports every such error once, with its retry, so that warning only repeats it.
+    logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")

@@ -14,16 +14,18 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "seed_recipe.py"
 
 VARIANTS: dict[str, list[str]] = {
-    "objective (defaults: channels_last, bf16 autocast, fused Adam)": [],
-    "objective, bf16 autocast off": ["--set", "bf16_autocast=false"],
-    "objective, bf16 and channels_last off": ["--set", "bf16_autocast=false",
-                                              "--set", "channels_last=false"],
+    "objective (defaults: channels_last, bf16 auto, fused Adam)": [],
+    "objective, bf16 autocast off": ["--set", "bf16_autocast=off"],
+    "objective, bf16 autocast on": ["--set", "bf16_autocast=on"],
+    "objective, bf16 off and channels_last off": ["--set", "bf16_autocast=off",
+                                                  "--set", "channels_last=false"],
 }
 
 
@@ -42,10 +44,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every variant")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reference", default=str(REFERENCE))
-    parser.add_argument("--only-defaults", action="store_true", help="skip the knob-off variants")
+    parser.add_argument("--skip", action="append", default=[], metavar="TEXT",
+                        help="leave out the variants whose name contains TEXT (repeatable)")
     args = parser.parse_args()
 
-    variants = dict(list(VARIANTS.items())[:1]) if args.only_defaults else VARIANTS
+    variants = {name: extra for name, extra in VARIANTS.items()
+                if not any(text in name for text in args.skip)}
     commands = {name: [sys.executable, "-m", "objective.train", "--data-dir", args.data_dir,
                        "--seeds", args.seeds, "--device", args.device, "--json", *extra]
                 for name, extra in variants.items()}
@@ -58,7 +62,7 @@ def main() -> None:
             runs[name].extend(run_json(command)["runs"])
 
     reference_median = statistics.median(r["seconds"] for r in runs[list(commands)[-1]])
-    print(f"device {args.device}, seeds {args.seeds}, rounds {args.rounds}\n")
+    print(f"device {args.device}, seeds {args.seeds}, rounds {args.rounds}, {time.strftime('%Y-%m-%d')}\n")
     print("| variant | runs | median s | ratio to reference | mean accuracy | runs >= 99 % |")
     print("|---|---|---|---|---|---|")
     for name, results in runs.items():

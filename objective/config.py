@@ -32,10 +32,11 @@ class TrainConfig:
     fc_width: int = 256
     seed: int = 0
     # Speed knobs: they change how fast a run is, never what it computes (up to float rounding).
-    channels_last: bool = True  # NHWC convolutions: measured faster on CPU (README, benchmarks/)
-    # bf16 matmuls/convs under autocast: measured faster on a CPU with AMX (README); on a CPU
-    # without bf16 units it is slower, so turn it off there.
-    bf16_autocast: bool = True
+    channels_last: bool = True  # NHWC convolutions: measured faster on two CPUs (README, benchmarks/)
+    # bf16 matmuls/convs under autocast. "auto" turns it on only where it was measured to pay: a
+    # CPU with AMX matrix units. Without bf16 units it is emulated and an order of magnitude
+    # slower (README), and on a GPU it is unmeasured. "on" and "off" force it.
+    bf16_autocast: str = "auto"
     eval_batch: int = 1000  # all 10k test images are scored; the batch only changes speed
     # Subset of the training set (the first N of the fixed shuffled order); 0 means all 60,000.
     train_subset: int = 0
@@ -87,9 +88,11 @@ def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-# Field name -> "float" | "int" | "bool" (annotations are strings under `from __future__`).
+# Field name -> "float" | "int" | "bool" | "str" (annotations are strings under `from __future__`).
 FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-_CASTS: dict[str, type] = {"float": float, "int": int, "bool": bool}
+_CASTS: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
+CHOICES: dict[str, tuple[str, ...]] = {"bf16_autocast": ("auto", "on", "off")}
+_SWITCH = {"true": "on", "1": "on", "false": "off", "0": "off"}  # true/false still say on/off
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -105,6 +108,13 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _CASTS[FIELD_TYPES[name]]
+    if kind is str:
+        choices = CHOICES[name]
+        text = str(value).lower() if isinstance(value, (str, bool)) else None
+        text = _SWITCH.get(text, text) if text is not None else None
+        if text not in choices:
+            raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        return text
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -81,8 +81,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def bf16_enabled(config: TrainConfig, device: torch.device) -> bool:
+    """bf16_autocast resolved on `device`: "auto" means a CPU with AMX, where it was measured to pay."""
+    if config.bf16_autocast != "auto":
+        return config.bf16_autocast == "on"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private, hence the fallback
+    return device.type == "cpu" and bool(amx())
+
+
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[None]:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, device))
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:
@@ -110,7 +118,7 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     n = train_count(config, data)
     last = n % config.batch_size or config.batch_size
     key = (config.batch_size, last, config.conv1_kernel, config.conv2_kernel, config.conv1_width,
-           config.conv2_width, config.fc_width, config.channels_last, config.bf16_autocast,
+           config.conv2_width, config.fc_width, config.channels_last, bf16_enabled(config, data.device),
            str(data.device))
     if key in _warmed:
         return
@@ -184,7 +192,8 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
     seconds = time.perf_counter() - start
     return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds,
                      train_seconds=train_seconds, steps=step, diverged=diverged,
-                     over_time=over_time or seconds > time_limit, fingerprint=fingerprint(device))
+                     over_time=over_time or seconds > time_limit,
+                     fingerprint={**fingerprint(device), "bf16_autocast": bf16_enabled(config, device)})
 
 
 def _evaluate(model: torch.nn.Module, data: Mnist, config: TrainConfig) -> float:

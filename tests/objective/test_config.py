@@ -117,8 +117,9 @@ def test_train_subset_must_not_be_negative() -> None:
     ({"batch_size": False}, "batch_size must be a number, got False"),
     ({"seed": "inf"}, "seed must be a whole number"),
     ({"channels_last": "yes"}, "channels_last must be true or false, got 'yes'"),
-    ({"bf16_autocast": "2"}, "bf16_autocast must be true or false"),
-    ({"bf16_autocast": None}, "bf16_autocast must be true or false"),
+    ({"bf16_autocast": "2"}, "bf16_autocast must be auto, on or off, got '2'"),
+    ({"bf16_autocast": None}, "bf16_autocast must be auto, on or off, got None"),
+    ({"bf16_autocast": 1}, "bf16_autocast must be auto, on or off, got 1"),
 ])
 def test_wrong_types_are_rejected_with_one_line(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -151,7 +152,12 @@ def test_whole_floats_become_ints_and_ints_become_floats() -> None:
 def test_bool_parsing(text: str | bool, expected: bool) -> None:
     config = from_dict({"channels_last": text, "bf16_autocast": text})
     assert config.channels_last is expected
-    assert config.bf16_autocast is expected
+    assert config.bf16_autocast == ("on" if expected else "off")  # a switch also takes true/false
+
+
+@pytest.mark.parametrize("text", ["auto", "on", "off", "AUTO"])
+def test_bf16_autocast_takes_auto_on_or_off(text: str) -> None:
+    assert from_dict({"bf16_autocast": text}).bf16_autocast == text.lower()
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -11,6 +11,7 @@ from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.trainer import (
     RunResult,
+    bf16_enabled,
     fingerprint,
     resolve_device,
     total_steps,
@@ -62,7 +63,7 @@ def test_train_once_result(synthetic_mnist: Mnist) -> None:
     # scored on every one of the 200 test images (eval_batch 100 -> two batches)
     assert (result.accuracy * 200) == pytest.approx(round(result.accuracy * 200))
     assert 0.0 < result.train_seconds <= result.seconds
-    assert result.fingerprint == fingerprint(CPU)
+    assert result.fingerprint == {**fingerprint(CPU), "bf16_autocast": bf16_enabled(FAST, CPU)}
     json.dumps(result.to_dict())  # plain values only
 
 
@@ -72,12 +73,25 @@ def test_train_once_learns_the_synthetic_classes(synthetic_mnist: Mnist) -> None
     assert result.accuracy >= 0.8  # chance is 0.1
 
 
-@pytest.mark.parametrize(("channels_last", "bf16_autocast"), [(False, False), (True, False), (False, True)])
-def test_speed_knobs_run(synthetic_mnist: Mnist, channels_last: bool, bf16_autocast: bool) -> None:
+@pytest.mark.parametrize(("channels_last", "bf16_autocast"),
+                         [(False, "off"), (True, "off"), (False, "on"), (True, "auto")])
+def test_speed_knobs_run(synthetic_mnist: Mnist, channels_last: bool, bf16_autocast: str) -> None:
     config = FAST.replace(channels_last=channels_last, bf16_autocast=bf16_autocast)
     result = train_once(config, synthetic_mnist)
     assert result.steps == 8 and not result.diverged
     assert 0.0 <= result.accuracy <= 1.0
+
+
+def test_bf16_auto_is_on_only_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch,
+                                                synthetic_mnist: Mnist) -> None:
+    auto = TrainConfig()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert bf16_enabled(auto, torch.device("cpu"))
+    assert not bf16_enabled(auto, torch.device("cuda"))  # unmeasured on a GPU: the reference's fp32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not bf16_enabled(auto, torch.device("cpu"))
+    assert bf16_enabled(auto.replace(bf16_autocast="on"), torch.device("cpu"))
+    assert train_once(FAST, synthetic_mnist).fingerprint["bf16_autocast"] is False  # as it ran
 
 
 def test_eval_batch_that_does_not_divide_the_test_set(synthetic_mnist: Mnist) -> None:
@@ -102,7 +116,7 @@ def test_same_seed_same_result(synthetic_mnist: Mnist) -> None:
 
 
 def test_same_seed_same_result_with_the_seed_recipe_speed_knobs_off(synthetic_mnist: Mnist) -> None:
-    config = FAST.replace(channels_last=False, bf16_autocast=False, epochs=2.0, seed=1)
+    config = FAST.replace(channels_last=False, bf16_autocast="off", epochs=2.0, seed=1)
     assert _comparable(train_once(config, synthetic_mnist)) == _comparable(
         train_once(config, synthetic_mnist))
 

@@ -1,9 +1,10 @@
-"""The worker's real trial loop with a benchmark-only objective that "trains" by sleeping.
+"""The worker's real trial loop with a benchmark-only objective of fixed length.
 
 Everything but the training is the product's: the spec's search space and sampler, the storage
 settings, ask, suggest, the heartbeat, the user attributes and constraint, tell, the budget check
-and the per-trial log line. The sleep stands for a trial of fixed length, so what is left of the
-wall time is the service's overhead.
+and the per-trial log line. Each trial either sleeps (`SleepTrain`) or trains the seed recipe
+whatever the sampler suggested (`RecipeTrain`), so what is left of the wall time is the service's
+overhead, and the recipe's seconds show what the service's work does to a timed run beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.objective import Objective
-from objective.trainer import RunResult
+from objective.trainer import RunResult, train_once
 from search import worker as search_worker
 from search.signals import GracefulStop
 from studies.spec import load_spec
@@ -48,18 +49,40 @@ class SleepTrain:
                          fingerprint={"device": "sleep", "device_type": "cpu", "torch": "-", "threads": 1})
 
 
+class RecipeTrain:
+    """Stands in for `train_once`: trains the seed recipe (`base`) on the suggested seed only."""
+
+    def __init__(self, base: TrainConfig) -> None:
+        self.base = base
+        self.results: list[RunResult] = []
+
+    @property
+    def trained(self) -> float:
+        return sum(result.seconds for result in self.results)
+
+    @property
+    def runs(self) -> int:
+        return len(self.results)
+
+    def __call__(self, config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+        self.results.append(train_once(self.base.replace(seed=config.seed), data))
+        return self.results[-1]
+
+
 def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | None,
-             timeout: float | None, sampler_seed: int) -> tuple[SleepTrain, int, float]:
-    """Run the worker's loop; returns (the sleeper, trials this worker ran, loop wall seconds)."""
+             timeout: float | None, sampler_seed: int, prefetch: bool = False,
+             data: Mnist | None = None) -> tuple[SleepTrain | RecipeTrain, int, float]:
+    """Run the worker's loop; returns (the stand-in, trials this worker ran, loop wall seconds).
+    With `data`, each trial trains the seed recipe on it instead of sleeping."""
     spec = load_spec(SPEC)
     # One run per trial (a trial of fixed length), and the loop stops on n_trials/timeout only.
     settings = dataclasses.replace(spec.objective, repeats=1)
     spec = dataclasses.replace(spec, n_trials=10**9, objective=settings)
     study, _ = create_or_load(spec, open_storage(url), sampler_seed=sampler_seed, study_name=study_name)
-    sleeper = SleepTrain(trial_seconds)
-    objective = Objective(spec.space, spec.base, spec.objective, data=None, train=sleeper)  # type: ignore[arg-type]
+    sleeper = SleepTrain(trial_seconds) if data is None else RecipeTrain(TrainConfig())
+    objective = Objective(spec.space, spec.base, spec.objective, data=data, train=sleeper)  # type: ignore[arg-type]
     worker = search_worker.Worker(spec, study, objective, torch.device("cpu"), None, {})
-    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True)
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, prefetch=prefetch)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console
     search_worker.quiet_optuna()
     start = time.perf_counter()

@@ -86,8 +86,44 @@ def best_feasible_value(study: optuna.Study) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A trial's config and time limit, fixed before it trains."""
+    config: TrainConfig
+    time_limit: float
+
+
+@dataclass(frozen=True)
+class Trained:
+    runs: list[RunResult]
+    time_limit: float  # the limit the runs had, for the prune reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a trial's runs amount to: the mean accuracy, the median seconds, how they ended."""
+    accuracy: float
+    seconds: float
+    diverged: bool
+    over_time: bool
+
+    @classmethod
+    def of(cls, runs: list[RunResult]) -> Outcome:
+        # Rounded: the float mean of runs that all sit exactly on the target can land one ulp
+        # below it (fmean([0.99] * 3) == 0.9899999999999999), which would turn an exactly-at-target
+        # trial infeasible. Accuracies are multiples of 1/len(test set), far coarser than 1e-12.
+        return cls(accuracy=round(statistics.fmean(run.accuracy for run in runs), 12),
+                   seconds=statistics.median(run.seconds for run in runs),
+                   diverged=any(run.diverged for run in runs),
+                   over_time=any(run.over_time for run in runs))
+
+
 class Objective:
-    """Callable for `study.optimize`/ask-and-tell: trains on `data`, which stays resident."""
+    """An Optuna objective (callable on a trial) that trains on `data`, which stays resident.
+
+    It comes in the three phases of search/trials.py too: `prepare` (suggest; storage), `run`
+    (train; no storage) and `record` (attributes; storage), so that a worker can do the storage
+    work of the next and the previous trial while this one trains."""
 
     def __init__(self, space: Mapping[str, BaseDistribution], base: TrainConfig,
                  settings: ObjectiveSettings, data: Mnist,
@@ -97,6 +133,12 @@ class Objective:
         self.settings = settings
         self.data = data
         self.train = train
+        # The budget from this worker's own feasible trials: a prepared trial's limit was read
+        # from the storage before the trial in front of it had finished.
+        self.own_limit = math.inf
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        return self.record(trial, self.run(self.prepare(trial)))
 
     def config_for(self, trial: optuna.Trial) -> TrainConfig:
         params = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
@@ -110,35 +152,42 @@ class Objective:
                 limit = min(limit, best * (1.0 + self.settings.budget_margin))
         return limit
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def prepare(self, trial: optuna.Trial) -> Planned:
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())  # what export reproduces, whole
-        limit = self.time_limit(trial.study)
-        runs = [self.train(config.replace(seed=config.seed + k), self.data, limit)
-                for k in range(self.settings.repeats)]
-        return self.record(trial, runs, limit)
+        return Planned(config, self.time_limit(trial.study))
 
-    def record(self, trial: optuna.Trial, runs: list[RunResult], limit: float) -> float:
-        # Rounded: the float mean of runs that all sit exactly on the target can land one ulp
-        # below it (fmean([0.99] * 3) == 0.9899999999999999), which would turn an exactly-at-target
-        # trial infeasible. Accuracies are multiples of 1/len(test set), far coarser than 1e-12.
-        accuracy = round(statistics.fmean(run.accuracy for run in runs), 12)
-        seconds = statistics.median(run.seconds for run in runs)
-        diverged = any(run.diverged for run in runs)
-        trial.set_user_attr("accuracy", accuracy)
-        trial.set_user_attr("seconds", seconds)
+    def run(self, planned: Planned) -> Trained:
+        limit = min(planned.time_limit, self.own_limit)
+        config = planned.config
+        runs: list[RunResult] = []
+        for k in range(self.settings.repeats):
+            runs.append(self.train(config.replace(seed=config.seed + k), self.data, limit))
+            if runs[-1].over_time:
+                break  # pruned whatever the other seeds do: running them would only cost time
+        outcome = Outcome.of(runs)
+        feasible = outcome.accuracy >= self.settings.required_accuracy
+        finished_in_time = not (outcome.diverged or outcome.over_time)
+        if self.settings.budget_margin is not None and feasible and finished_in_time:
+            self.own_limit = min(self.own_limit, outcome.seconds * (1.0 + self.settings.budget_margin))
+        return Trained(runs, limit)
+
+    def record(self, trial: optuna.Trial, trained: Trained) -> float:
+        runs, outcome = trained.runs, Outcome.of(trained.runs)
+        trial.set_user_attr("accuracy", outcome.accuracy)
+        trial.set_user_attr("seconds", outcome.seconds)
         trial.set_user_attr("train_seconds", statistics.median(run.train_seconds for run in runs))
         trial.set_user_attr("accuracies", [run.accuracy for run in runs])
-        trial.set_user_attr("diverged", diverged)
+        trial.set_user_attr("diverged", outcome.diverged)
         trial.set_user_attr("fingerprint", runs[0].fingerprint)
-        trial.set_constraint("accuracy_shortfall", self.settings.required_accuracy - accuracy)
-        if diverged:
+        trial.set_constraint("accuracy_shortfall", self.settings.required_accuracy - outcome.accuracy)
+        if outcome.diverged:
             trial.set_user_attr("reason", "diverged: NaN/inf training loss")
-        if any(run.over_time for run in runs) and not diverged:
-            reason = f"time budget: passed {limit:.3f} s"
+        if outcome.over_time and not outcome.diverged:
+            reason = f"time budget: passed {trained.time_limit:.3f} s"
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
-        value = penalized_value(accuracy, seconds, self.settings)
+        value = penalized_value(outcome.accuracy, outcome.seconds, self.settings)
         if not math.isfinite(value):
             raise RuntimeError(f"non-finite objective value {value}")
         return value

@@ -94,9 +94,17 @@ class Summary:
 
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     best_own: FrozenTrial | None = None
+    failures_in_a_row: int = 0
+    last_failure: str | None = None
+    not_run: int = 0  # prefetched trials a stop came too late for (FAILED, "not run")
 
     def add(self, trial: FrozenTrial) -> None:
         self.states[trial.state.name] += 1
+        if trial.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            self.last_failure = trial.user_attrs.get("fail_reason")
+        else:
+            self.failures_in_a_row = 0
         feasible = all(value <= 0 for value in trial.constraints.values())
         if (trial.state == TrialState.COMPLETE and feasible and trial.value is not None
                 and (self.best_own is None or trial.value < (self.best_own.value or float("inf")))):
@@ -113,6 +121,7 @@ class Summary:
         best = best_trial(study)
         study_best = (f"study best {best.value:.3f} s: trial {best.number}, {compact_params(best.params)}"
                       if best is not None and best.value is not None else "study best: none feasible yet")
+        own += f"; {self.not_run} prefetched trial(s) not run, FAILED" if self.not_run else ""
         return [f"stopped: {stop_reason}",
                 f"this worker ran {self.total} trial(s) in {seconds:.1f} s ({counts or 'none'}){own}",
                 study_best]

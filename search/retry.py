@@ -16,8 +16,9 @@ sampler needs a try/except of its own.
 - Idempotent: a write retried after its connection died may have committed already. Optuna's
   attribute and parameter writes are upserts; a state change (tell, or taking a waiting trial) is
   checked against the stored trial first, and one already in the asked-for state counts as done.
-- Only the thread that opened the storage retries. The heartbeat thread's calls fail at once: it
-  logs and tries again at its next beat, and must never hold up the end of a trial.
+- Only the thread that opened the storage retries, and threads it hands its work to (`adopt_thread`:
+  the --prefetch pipeline's). The heartbeat thread's calls fail at once: it logs and tries again at
+  its next beat, and must never hold up the end of a trial.
 """
 
 from __future__ import annotations
@@ -136,17 +137,22 @@ class RetryingStorage(_CachedStorage):
     def __init__(self, backend: RDBStorage, retry: Retry) -> None:
         super().__init__(backend)
         self.retry = retry
-        self._owner = threading.get_ident()
-        self._depth = 0  # > 0 inside a retried call: the calls it makes are part of that attempt
+        self._retrying = {threading.get_ident()}
+        self._local = threading.local()  # .depth > 0 inside a retried call: its calls are that attempt
+
+    def adopt_thread(self) -> None:
+        """Retry the calls of the calling thread too."""
+        self._retrying.add(threading.get_ident())
 
     def _retried(self, what: str, function: Callable[[], T]) -> T:
-        if self._depth or threading.get_ident() != self._owner:
+        depth = getattr(self._local, "depth", 0)
+        if depth or threading.get_ident() not in self._retrying:
             return function()
-        self._depth += 1
+        self._local.depth = depth + 1
         try:
             return self.retry.call(what, function)
         finally:
-            self._depth -= 1
+            self._local.depth = depth
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:

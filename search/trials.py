@@ -1,12 +1,15 @@
-"""One trial, ask-and-tell: the worker, not Optuna's optimize loop, owns the trial's lifetime.
+"""One trial, ask-and-tell, in three phases: the worker, not Optuna's optimize loop, owns its lifetime.
 
-Owning it is what lets every way a trial can end be written to the study: a value, a prune, an
-exception (FAILED, with the reason as the user attr `fail_reason`) or the worker's abort signal.
-Nothing the objective raises leaves a trial RUNNING. What `study.optimize` would do around the
-trial is done here too: fail the study's stale trials first (heartbeats of dead workers) and keep
-this trial's heartbeat going while it runs. The heartbeat thread also runs the stale check at each
-beat, so a dead worker's trial turns FAILED (and is re-queued) within the grace period plus one
-interval of its last beat while any other worker is training, not only between two trials.
+- `start`: fail the study's stale trials (heartbeats of dead workers), ask, start the trial's
+  heartbeat, write the worker's attributes and let the objective `prepare` (suggest a config).
+- `run`: the objective's `run`, the training. It touches no storage, so it can run on the main
+  thread while another thread does the storage work of the trials around it (search/pipeline.py).
+- `finish`: the objective's `record` (attributes, constraint, value), then tell.
+
+Owning the trial is what lets every way it can end be written to the study: a value, a prune, an
+exception (FAILED, with the reason as the user attr `fail_reason`), the worker's abort signal, or a
+prefetched trial the worker stopped before running (`release`: FAILED, "not run"). Nothing the
+objective raises leaves a trial RUNNING.
 
 A trial can also be ended by another worker: when this worker's heartbeats could not reach the
 database for longer than the grace period (an outage), another worker's stale check fails the
@@ -17,11 +20,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import optuna
 import sqlalchemy
@@ -29,7 +32,8 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from search.retry import DatabaseUnavailable, storage_failure
+from search.heartbeat import Heartbeat
+from search.retry import DatabaseUnavailable
 from search.signals import WorkerInterrupted
 
 log = logging.getLogger("search")
@@ -42,49 +46,121 @@ STORAGE_FAILURES = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInt
                     DatabaseUnavailable)
 REASON_LENGTH = 500  # characters of an exception's message kept in `fail_reason`
 
+Prepared = TypeVar("Prepared")
+Result = TypeVar("Result")
 
-class Heartbeat:
-    """Records the trial's heartbeat every `heartbeat_interval` s from a daemon thread, so the
-    other workers can tell this trial from one whose worker died, and after each beat that got
-    through fails the study's stale trials. A failed beat is logged and retried at the next
-    interval; it must never end the thread while the trial still runs."""
 
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.study = study
-        self.storage = study._storage  # not public API, but a stable attribute
-        interval = getattr(self.storage, "get_heartbeat_interval", None)  # None: no heartbeats
-        self.interval = interval() if interval is not None else None
-        self.trial_id = trial_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+class Phases(Protocol[Prepared, Result]):
+    """An objective cut where the storage work ends and the training begins."""
 
-    def __enter__(self) -> Heartbeat:
-        if self.interval is not None:
-            self._beat()  # at once: a trial without any heartbeat row is never seen as stale
-            self._thread.start()
-        return self
+    def prepare(self, trial: optuna.Trial) -> Prepared:
+        """Storage: suggest the parameters and write what is known before training."""
+        ...
 
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join()
+    def run(self, prepared: Prepared) -> Result:
+        """No storage: train. May raise; the trial then fails (or is pruned) with the reason."""
+        ...
 
-    def _run(self) -> None:
-        assert self.interval is not None
-        while not self._stop.wait(self.interval):
-            if self._beat():
-                try:
-                    optuna.storages.fail_stale_trials(self.study)
-                except Exception as error:
-                    log.warning("stale-trial check failed: %s", storage_failure(error))
+    def record(self, trial: optuna.Trial, result: Result) -> float:
+        """Storage: write the outcome's attributes; return the value or raise optuna.TrialPruned."""
+        ...
 
-    def _beat(self) -> bool:
-        try:
-            self.storage.record_heartbeat(self.trial_id)
-        except Exception as error:  # a database blip; the grace period covers a few missed beats
-            log.warning("heartbeat of trial id %d failed: %s", self.trial_id, storage_failure(error))
-            return False
-        return True
+
+@dataclass
+class Started(Generic[Prepared]):
+    trial: optuna.Trial
+    prepared: Prepared | None = None
+    failure: str | None = None  # `prepare` raised: the trial is told FAILED without running
+
+
+@dataclass
+class Ran(Generic[Result]):
+    """How `run` ended. The exception itself is not kept: its frames would pin the trial's tensors."""
+    result: Result | None = None
+    failure: str | None = None
+    pruned: bool = False
+
+
+def start(study: optuna.Study, phases: Phases[Prepared, Any], user_attrs: Mapping[str, Any],
+          heartbeat: Heartbeat) -> Started[Prepared]:
+    """Ask for a trial (the enqueued baseline or a re-queued one first, if one waits) and prepare it."""
+    fail_stale_trials(study)
+    trial = study.ask()
+    heartbeat.add(trial._trial_id)  # Optuna exposes no trial's id publicly; it is a stable attribute
+    try:
+        for key, value in user_attrs.items():
+            trial.set_user_attr(key, value)
+        return Started(trial, prepared=phases.prepare(trial))
+    except DatabaseUnavailable as error:
+        error.trial = trial.number
+        raise
+    except (*STORAGE_FAILURES, UpdateFinishedTrialError):
+        raise
+    except Exception as error:  # a bug in the space or the objective: this trial fails, not the worker
+        return Started(trial, failure=_reason(error, trial.number))
+
+
+def run(phases: Phases[Prepared, Result], started: Started[Prepared]) -> Ran[Result]:
+    """The trial's training; every exception but the storage's becomes the trial's outcome."""
+    if started.failure is not None:
+        return Ran(failure=started.failure)
+    try:
+        return Ran(result=phases.run(started.prepared))  # type: ignore[arg-type]
+    except optuna.TrialPruned:
+        return Ran(pruned=True)
+    except WorkerInterrupted as interrupt:
+        reason = str(interrupt)
+    except (*STORAGE_FAILURES, UpdateFinishedTrialError):
+        raise
+    except Exception as error:  # any bug or OOM fails this trial, not the worker
+        reason = _reason(error, started.trial.number)
+    _free_memory()  # after the except block: the exception no longer pins the trial's tensors
+    return Ran(failure=reason)
+
+
+def finish(study: optuna.Study, phases: Phases[Any, Result], started: Started[Any], ran: Ran[Result],
+           heartbeat: Heartbeat) -> FrozenTrial:
+    """Record how the trial ended and tell the study. Returns the finished trial as stored."""
+    trial = started.trial
+    try:
+        if ran.pruned:
+            return _tell(study, trial, state=TrialState.PRUNED)
+        if ran.failure is None:
+            try:
+                value = phases.record(trial, ran.result)  # type: ignore[arg-type]
+            except optuna.TrialPruned:
+                return _tell(study, trial, state=TrialState.PRUNED)
+            except (*STORAGE_FAILURES, UpdateFinishedTrialError):
+                raise
+            except Exception as error:
+                ran = Ran(failure=_reason(error, trial.number))
+            else:
+                return _tell(study, trial, value)
+        trial.set_user_attr("fail_reason", ran.failure)
+        return _tell(study, trial, state=TrialState.FAIL)
+    except DatabaseUnavailable as error:
+        error.trial = trial.number
+        raise
+    except UpdateFinishedTrialError:
+        stored = study._storage.get_trial(trial._trial_id)
+        log.warning("trial %d was ended as %s by another worker while it ran here (its heartbeat "
+                    "went stale); a retry is queued and this run's result is dropped",
+                    trial.number, stored.state.name)
+        return stored
+    finally:
+        heartbeat.discard(trial._trial_id)
+
+
+def release(study: optuna.Study, started: Started[Any], why: str, heartbeat: Heartbeat) -> FrozenTrial:
+    """End a prefetched trial the worker will not run: FAILED with the reason, never left RUNNING."""
+    return finish(study, _NoPhases(), started, Ran(failure=f"not run: {why} before its turn"), heartbeat)
+
+
+def run_trial(study: optuna.Study, phases: Phases[Any, Any], user_attrs: Mapping[str, Any]) -> FrozenTrial:
+    """start, run and finish one trial on this thread."""
+    with Heartbeat(study) as heartbeat:
+        started = start(study, phases, user_attrs, heartbeat)
+        return finish(study, phases, started, run(phases, started), heartbeat)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -99,48 +175,9 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float],
-              user_attrs: Mapping[str, Any]) -> FrozenTrial:
-    """Ask for a trial (the enqueued baseline or a re-queued one first, if one waits), run
-    `objective` on it and tell the study how it ended. Returns the finished trial as stored."""
-    fail_stale_trials(study)
-    trial = study.ask()
-    # Optuna exposes no trial's id publicly; it is a stable attribute.
-    with Heartbeat(study, trial._trial_id):
-        log.debug("trial %d started", trial.number)
-        try:
-            return _run(study, trial, objective, user_attrs)
-        except DatabaseUnavailable as error:
-            error.trial = trial.number
-            raise
-        except UpdateFinishedTrialError:
-            stored = study._storage.get_trial(trial._trial_id)
-            log.warning("trial %d was ended as %s by another worker while it ran here (its heartbeat "
-                        "went stale); a retry is queued and this run's result is dropped",
-                        trial.number, stored.state.name)
-            return stored
-
-
-def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-         user_attrs: Mapping[str, Any]) -> FrozenTrial:
-    for key, value in user_attrs.items():
-        trial.set_user_attr(key, value)
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned:
-        return _tell(study, trial, state=TrialState.PRUNED)
-    except WorkerInterrupted as interrupt:
-        reason = str(interrupt)
-    except (*STORAGE_FAILURES, UpdateFinishedTrialError):
-        raise
-    except Exception as error:  # any bug or OOM fails this trial, not the worker
-        reason = f"{type(error).__name__}: {_first_line(error)}"[:REASON_LENGTH]
-        log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
-    else:
-        return _tell(study, trial, value)
-    _free_memory()  # after the except block: the exception no longer pins the trial's tensors
-    trial.set_user_attr("fail_reason", reason)
-    return _tell(study, trial, state=TrialState.FAIL)
+class _NoPhases:
+    def record(self, trial: optuna.Trial, result: object) -> float:
+        raise AssertionError("a released trial has no result to record")
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
@@ -152,14 +189,16 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
     return study.tell(trial, value, state=state, skip_if_finished=True)
 
 
+def _reason(error: BaseException, number: int) -> str:
+    log.debug("trial %d failed:\n%s", number, traceback.format_exc())
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else "(no message)"
+    return f"{type(error).__name__}: {first_line}"[:REASON_LENGTH]
+
+
 def _free_memory() -> None:
     """Give back what a failed trial allocated (above all after an out-of-memory error), so the
     next trial starts from the same memory state as every other."""
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "(no message)"

@@ -30,13 +30,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial
 
 from objective.cli import OneLineParser, hide_passwords
 from objective.config import ConfigError, TrainConfig
@@ -44,10 +45,11 @@ from objective.data import DataError, Mnist, load_resident, resolve_root
 from objective.objective import Objective
 from objective.trainer import RunResult, resolve_device, train_once
 from search.device_lock import DeviceBusy, DeviceClaim, claim_device
+from search.pipeline import Pipeline
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
 from search.signals import GracefulStop, WorkerInterrupted
-from search.trials import STORAGE_FAILURES, finished_count, run_trial
+from search.trials import STORAGE_FAILURES, Started, finished_count, run
 from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
 from studies.storage import (
     GRACE_PERIOD,
@@ -134,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds without a heartbeat after which a trial counts as its worker's death, "
                         f"turns FAILED and is retried; give every worker of a study the same (default "
                         f"{GRACE_PERIOD})")
+    p.add_argument("--prefetch", action="store_true",
+                   help="ask and suggest the next trial, and tell the last one, on a background thread "
+                        "while this one trains: for short (GPU) trials, where the storage work is a "
+                        "large share of each; a stop then finds one trial asked, which turns FAILED "
+                        "as not run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--verbose", action="store_true",
                    help="also log trial starts and the traceback of every failed trial")
@@ -236,19 +243,30 @@ def interruptible(train: Train, stop: GracefulStop) -> Train:
     return run
 
 
-def stop_reason(worker: Worker, args: argparse.Namespace, stop: GracefulStop, ran: int,
-                started: float) -> str | None:
-    """Why no further trial should start, or None to go on."""
+def stop_reason(args: argparse.Namespace, stop: GracefulStop, ran: int, started: float,
+                summary: Summary, ahead: float = 0.0) -> str | None:
+    """Why no further trial should start after `ran` trials (the ones this worker ran or runs),
+    reading nothing from the storage; `ahead` seconds from now, for a prefetch. None to go on."""
     if stop.requested:
         return f"{_signal_name(stop)} received"
     if args.n_trials is not None and ran >= args.n_trials:
         return f"ran --n-trials {args.n_trials}"
-    if args.timeout is not None and time.monotonic() - started >= args.timeout:
+    if args.timeout is not None and time.monotonic() + ahead - started >= args.timeout:
         return f"--timeout {args.timeout:g} s passed"
-    finished = finished_count(worker.study)
-    if finished >= worker.spec.n_trials:
-        return f"the study's budget is reached ({finished} of {worker.spec.n_trials} trials finished)"
+    if summary.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        return (f"{summary.failures_in_a_row} trials in a row failed (last: {summary.last_failure}); "
+                "rerun with --verbose for the tracebacks")
     return None
+
+
+def budget_reason(worker: Worker, in_flight: int) -> str | None:
+    """Why no trial should start: the study's budget, counting every worker's finished trials and
+    this worker's `in_flight` one (a prefetch is asked while a trial trains)."""
+    finished = finished_count(worker.study)
+    if finished + in_flight < worker.spec.n_trials:
+        return None
+    running = ", and this worker's last one" if in_flight else ""
+    return f"the study's budget is reached ({finished} of {worker.spec.n_trials} trials finished{running})"
 
 
 def _signal_name(stop: GracefulStop) -> str:
@@ -258,44 +276,92 @@ def _signal_name(stop: GracefulStop) -> str:
 def search(worker: Worker, args: argparse.Namespace, stop: GracefulStop) -> int:
     summary = Summary()
     bar = ProgressBar(args.n_trials, enabled=not args.no_progress)
+
+    def on_finished(trial: FrozenTrial) -> None:  # on the background thread with --prefetch
+        summary.add(trial)
+        best = best_trial(worker.study)
+        log.info(trial_line(trial, best))
+        bar.update(best)
+
+    pipe = Pipeline(worker.study, worker.objective, worker.trial_attrs, args.prefetch, on_finished)
     started = time.monotonic()
-    failures_in_a_row = 0
-    exit_code = 0
     try:
-        while (reason := stop_reason(worker, args, stop, summary.total, started)) is None:
-            trial = run_trial(worker.study, worker.objective, worker.trial_attrs)
-            summary.add(trial)
-            best = best_trial(worker.study)
-            log.info(trial_line(trial, best))
-            bar.update(best)
-            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
-            if stop.aborted:
-                reason, exit_code = f"aborted on a second {_signal_name(stop)}", stop.exit_code
-                break
-            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                reason, exit_code = (f"{failures_in_a_row} trials in a row failed (last: "
-                                     f"{trial.user_attrs.get('fail_reason')}); rerun with --verbose "
-                                     "for the tracebacks"), 1
-                break
+        reason, exit_code = run_trials(worker, args, stop, pipe, summary, started)
         bar.close()
         for line in summary.lines(reason, worker.study, time.monotonic() - started):
             log.info(line)
     except DatabaseUnavailable as error:
+        held = sorted(set(pipe.held()) | ({error.trial} if error.trial is not None else set()))
         running = "no trial was running"
-        if error.trial is not None:
-            running = (f"trial {error.trial} stays RUNNING until its heartbeat is {args.grace_period} s old, "
-                       "then the next worker to look marks it FAILED and queues a retry")
+        if held:
+            running = (f"{_trials(held)} RUNNING until {'its' if len(held) == 1 else 'their'} heartbeat "
+                       f"is {args.grace_period} s old, then the next worker to look marks "
+                       f"{'it' if len(held) == 1 else 'them'} FAILED and queues a retry")
         say_error(f"{error}; gave up after --db-patience {args.db_patience:g} s: {running}", args)
         return 1
     except STORAGE_FAILURES as error:
         say_error(f"the storage failed mid-run: {storage_failure(error)}", args)
         return 1
     finally:
+        pipe.close()
         bar.close()
         if worker.claim is not None:
             worker.claim.release()
     # A second signal between two trials aborted nothing, but it still asked for an abort.
     return stop.exit_code if stop.aborted else exit_code
+
+
+def run_trials(worker: Worker, args: argparse.Namespace, stop: GracefulStop, pipe: Pipeline,
+               summary: Summary, started: float) -> tuple[str, int]:
+    """Train trial after trial until a stop; the storage work goes through `pipe`. With --prefetch
+    the next trial is started (asked, suggested) while this one trains. Returns (why it stopped,
+    exit code)."""
+    ran, run_seconds = 0, 0.0
+    upcoming: Future[Started[Any] | str] | None = None
+    reason: str | None = None
+    exit_code = 0
+    while reason is None:
+        if upcoming is None:
+            if (reason := stop_reason(args, stop, ran, started, summary)) is not None:
+                break
+            upcoming = pipe.start(lambda: budget_reason(worker, in_flight=0))
+        trial, upcoming = upcoming.result(), None
+        pipe.check()
+        if isinstance(trial, str):
+            reason = trial
+        elif (reason := stop_reason(args, stop, ran, started, summary)) is not None:
+            release(pipe, trial, reason, summary)  # asked before the stop came
+        else:
+            wanted = stop_reason(args, stop, ran + 1, started, summary, ahead=run_seconds) is None
+            if args.prefetch and wanted:
+                upcoming = pipe.start(lambda: budget_reason(worker, in_flight=1))
+            log.debug("trial %d started", trial.trial.number)
+            run_start = time.monotonic()
+            outcome = run(worker.objective, trial)
+            run_seconds = time.monotonic() - run_start
+            ran += 1
+            pipe.finish(trial, outcome)
+            if stop.aborted:
+                reason, exit_code = f"aborted on a second {_signal_name(stop)}", stop.exit_code
+    if upcoming is not None and isinstance(prefetched := upcoming.result(), Started):
+        release(pipe, prefetched, reason, summary)
+    pipe.drain()
+    if summary.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        exit_code = exit_code or 1
+    return reason, exit_code
+
+
+def release(pipe: Pipeline, trial: Started[Any], reason: str, summary: Summary) -> None:
+    """End a prefetched trial the stop came too late for: FAILED, "not run", and said so."""
+    released = pipe.release(trial, reason).result()
+    summary.not_run += 1
+    log.info("trial %d FAIL | %s", released.number, released.user_attrs.get("fail_reason"))
+
+
+def _trials(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"trial {numbers[0]} stays"
+    return f"trials {', '.join(map(str, numbers))} stay"
 
 
 def quiet_optuna() -> None:

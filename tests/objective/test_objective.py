@@ -304,6 +304,29 @@ def test_over_time_raises_trial_pruned_when_called_directly(synthetic_mnist: Mni
         objective(trial)
 
 
+def test_a_run_over_time_stops_the_trial_without_the_remaining_seeds(synthetic_mnist: Mnist) -> None:
+    train = scripted(result(0.995, 1.0), result(0.995, 13.0, over_time=True), result(0.995, 1.0))
+    study = make_study()
+    study.optimize(make_objective(train, synthetic_mnist, repeats=3, time_limit=12.0), n_trials=1)
+    assert len(train.calls) == 2  # the third seed was never trained: the trial cost <= 1 s + 12 s
+    assert study.trials[0].state == TrialState.PRUNED
+    assert study.trials[0].user_attrs["accuracies"] == [0.995, 0.995]
+
+
+def test_prepared_trials_also_get_the_budget_of_this_workers_last_trial(synthetic_mnist: Mnist) -> None:
+    """With --prefetch, trial 1 is prepared (its limit read from the storage) before trial 0 is
+    told; the limit it trains under still comes from trial 0's feasible time."""
+    train = scripted(result(0.995, 10.0), result(0.995, 20.0))
+    study = make_study()
+    objective = make_objective(train, synthetic_mnist, time_limit=100.0, budget_margin=0.5)
+    first, second = study.ask(), study.ask()
+    planned = objective.prepare(first), objective.prepare(second)  # both before any result
+    assert [plan.time_limit for plan in planned] == [100.0, 100.0]
+    objective.run(planned[0])
+    assert objective.run(planned[1]).time_limit == pytest.approx(15.0)
+    assert [limit for _, limit in train.calls] == pytest.approx([100.0, 15.0])
+
+
 def test_diverged_and_over_time_is_completed_not_pruned(synthetic_mnist: Mnist) -> None:
     study = make_study()
     study.optimize(make_objective(scripted(result(0.1, 200.0, diverged=True, over_time=True)),

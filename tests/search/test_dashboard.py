@@ -219,7 +219,7 @@ def test_dashboard_polls_while_four_real_workers_write_the_default_sqlite(
         accounting = account(study)
         stored = study.get_trials()
         assert (accounting.complete, accounting.pruned, accounting.failed) == (WORKERS * PER_WORKER, 0, 0), \
-            [t.user_attrs.get("fail_reason") for t in stored]
+            [(t.state.name, t.user_attrs.get("fail_reason") or t.user_attrs.get("reason")) for t in stored]
         assert sum(bool(t.user_attrs.get("baseline")) for t in stored) == 1
         print(f"\nSQLite: {WORKERS} workers on the default ./optuna.db, dashboard polled {polls} times; "
               f"{accounting.line()}; 'database is locked': 0")

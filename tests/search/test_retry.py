@@ -18,7 +18,7 @@ from search.retry import DatabaseUnavailable, Retry, RetryingStorage, is_transie
 from search.trials import run_trial
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
-from tests.search.workers import SMOKE
+from tests.search.workers import SMOKE, StandIn
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
                                         "ignore::FutureWarning", "ignore:Heartbeat of storage")
@@ -177,13 +177,15 @@ def test_a_trial_ended_by_another_worker_meanwhile_is_dropped_not_fatal(
     """This worker's heartbeats missed the grace period (an outage), so another worker's stale
     check failed its trial and re-queued it; when this worker comes back, it drops its result."""
 
-    def objective(trial: optuna.Trial) -> float:
+    def train(trial: optuna.Trial) -> float:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # "another worker"
-        trial.set_user_attr("accuracy", 0.99)
         return 1.0
 
+    def record(trial: optuna.Trial, value: float) -> None:
+        trial.set_user_attr("accuracy", 0.99)
+
     with caplog.at_level(logging.WARNING, logger="search"):
-        trial = run_trial(study, objective, {})
+        trial = run_trial(study, StandIn(train, record), {})
     assert trial.state == TrialState.FAIL and "accuracy" not in trial.user_attrs
     assert "was ended as FAIL by another worker" in caplog.text
-    assert run_trial(study, lambda trial: 2.0, {}).state == TrialState.COMPLETE  # and the loop goes on
+    assert run_trial(study, StandIn(lambda trial: 2.0), {}).state == TrialState.COMPLETE  # the loop goes on

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import signal
 import sqlite3
 import time
@@ -23,7 +24,7 @@ from search.trials import run_trial
 from search.worker import MAX_FAILURES_IN_A_ROW, Worker, check_same_recipe, search
 from studies.spec import SpecError, StudySpec, load_spec
 from studies.storage import create_or_load, open_storage
-from tests.search.workers import SMOKE
+from tests.search.workers import SMOKE, StandIn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # The worker silences these in main(); here its functions are called directly.
@@ -44,9 +45,9 @@ def study(spec: StudySpec, sqlite_url: str) -> optuna.Study:
 
 
 def run_search(study: optuna.Study, spec: StudySpec, objective: Objective, n_trials: int | None = None,
-               timeout: float | None = None) -> int:
-    worker = Worker(spec, study, objective, torch.device("cpu"), None, {"worker": {"pid": 1}})  # type: ignore[arg-type]
-    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True)
+               timeout: float | None = None, prefetch: bool = False) -> int:
+    worker = Worker(spec, study, StandIn(objective), torch.device("cpu"), None, {"worker": {"pid": 1}})  # type: ignore[arg-type]
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, prefetch=prefetch)
     return search(worker, args, GracefulStop())
 
 
@@ -69,7 +70,7 @@ def raising(error: BaseException) -> Objective:
 ])
 def test_an_exception_fails_the_trial_with_its_reason(study: optuna.Study, error: BaseException,
                                                       reason: str) -> None:
-    trial = run_trial(study, raising(error), {"worker": {"pid": 1}})
+    trial = run_trial(study, StandIn(raising(error)), {"worker": {"pid": 1}})
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == reason
     assert trial.user_attrs["worker"] == {"pid": 1}
@@ -77,8 +78,8 @@ def test_an_exception_fails_the_trial_with_its_reason(study: optuna.Study, error
 
 
 def test_values_and_prunes_are_told(study: optuna.Study) -> None:
-    assert run_trial(study, lambda trial: 1.5, {}).state == TrialState.COMPLETE
-    assert run_trial(study, raising(optuna.TrialPruned("too slow")), {}).state == TrialState.PRUNED
+    assert run_trial(study, StandIn(lambda trial: 1.5), {}).state == TrialState.COMPLETE
+    assert run_trial(study, StandIn(raising(optuna.TrialPruned("too slow"))), {}).state == TrialState.PRUNED
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert study.get_trials()[0].user_attrs["baseline"] is True  # the first ask ran the baseline
 
@@ -105,8 +106,8 @@ def test_the_loop_gives_up_on_an_objective_that_always_fails(study: optuna.Study
 
 def test_the_loop_stops_at_the_study_budget_counting_every_worker(study: optuna.Study,
                                                                    spec: StudySpec) -> None:
-    run_trial(study, lambda trial: 3.0, {})  # "another worker" finished one already
-    run_trial(study, raising(ValueError("x")), {})  # a failure does not count against the budget
+    run_trial(study, StandIn(lambda trial: 3.0), {})  # "another worker" finished one already
+    run_trial(study, StandIn(raising(ValueError("x"))), {})  # a failure does not count against the budget
     assert run_search(study, spec=dataclasses.replace(spec, n_trials=3), objective=lambda t: 2.0) == 0
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 3
@@ -145,7 +146,7 @@ def test_heartbeats_keep_a_long_trial_alive_and_a_dead_workers_trial_is_retried(
         return 1.0
 
     time.sleep(4.5)  # past the grace period, with room for SQLite's whole-second timestamps
-    trial = run_trial(study, long_trial, {})
+    trial = run_trial(study, StandIn(long_trial), {})
     assert trial.state == TrialState.COMPLETE
     assert study.get_trials()[dead.number].state == TrialState.FAIL
     # The stale trial's retry (a copy with its params) was waiting, so this run was that retry.
@@ -175,3 +176,54 @@ def test_second_signal_raises_only_inside_an_interruptible_region() -> None:
     with pytest.raises(WorkerInterrupted), inside.interruptible():
         inside._handle(signal.SIGINT, None)
     assert inside.exit_code == 130
+
+
+# -- --prefetch: the storage work of the next and the last trial while this one trains ----------
+
+def test_prefetch_asks_the_next_trial_while_this_one_trains(study: optuna.Study, spec: StudySpec) -> None:
+    def trains(trial: optuna.Trial) -> float:
+        time.sleep(0.3)
+        return 1.0 + trial.number
+
+    assert run_search(study, spec, trains, n_trials=4, prefetch=True) == 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # no fifth trial asked: --n-trials known
+    for current, following in itertools.pairwise(trials):
+        assert following.datetime_start < current.datetime_complete  # asked during the training
+    assert [t.value for t in trials] == [1.0, 2.0, 3.0, 4.0]
+    # Trial N+1 is asked after trial N-1 is told: the sampler sees every trial but the training one.
+    for before, following in zip(trials, trials[2:], strict=False):
+        assert before.datetime_complete <= following.datetime_start
+
+
+def test_prefetch_stops_at_the_study_budget_without_an_extra_trial(study: optuna.Study,
+                                                                     spec: StudySpec) -> None:
+    assert run_search(study, dataclasses.replace(spec, n_trials=3), lambda t: 2.0, prefetch=True) == 0
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+
+
+def test_prefetch_a_trial_asked_before_a_stop_turns_failed_as_not_run(study: optuna.Study,
+                                                                       spec: StudySpec) -> None:
+    stop = GracefulStop()
+
+    def signalled(trial: optuna.Trial) -> float:
+        time.sleep(0.3)  # trial 1 is asked meanwhile
+        stop._handle(signal.SIGTERM, None)
+        return 1.0
+
+    worker = Worker(spec, study, StandIn(signalled), torch.device("cpu"), None, {})  # type: ignore[arg-type]
+    args = argparse.Namespace(n_trials=None, timeout=None, no_progress=True, prefetch=True)
+    assert search(worker, args, stop) == 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["fail_reason"] == "not run: SIGTERM received before its turn"
+
+
+def test_prefetch_gives_up_on_an_objective_that_always_fails(study: optuna.Study, spec: StudySpec) -> None:
+    assert run_search(study, spec, raising(ValueError("broken")), n_trials=50, prefetch=True) == 1
+    trials = study.get_trials()
+    assert all(t.state == TrialState.FAIL for t in trials)
+    # The count lags one trial behind the training, so the trial asked meanwhile is not run.
+    ran = [t for t in trials if t.user_attrs["fail_reason"] == "ValueError: broken"]
+    assert MAX_FAILURES_IN_A_ROW <= len(ran) <= MAX_FAILURES_IN_A_ROW + 1
+    assert len(trials) - len(ran) <= 1

@@ -82,3 +82,22 @@ def test_second_signal_fails_the_running_trial_and_exits_128_plus_signal(
     assert [t.state for t in trials] == [TrialState.FAIL]
     assert trials[0].user_attrs["fail_reason"] == f"worker interrupted ({name})"
     assert "accuracy" not in trials[0].user_attrs  # it never finished training
+
+
+def test_with_prefetch_a_first_signal_fails_the_already_asked_trial_as_not_run(
+        spawn_worker: Spawn, slow_spec: Path, sqlite_url: str) -> None:
+    worker = spawn_worker("--spec", str(slow_spec), "--storage", sqlite_url, "--n-trials", "5",
+                          "--prefetch", "--verbose", *FAST)
+    worker.wait_for("trial 0 started", timeout=STARTUP)
+    time.sleep(1.0)  # the background thread asks trial 1 while trial 0 trains
+    worker.process.send_signal(signal.SIGTERM)
+    result = worker.finish(timeout=120)
+    assert result.returncode == 0, worker.output()
+    assert result.stderr == "", worker.output()
+    assert "prefetched trial(s) not run, FAILED" in result.stdout
+    study = optuna.load_study(study_name="smoke", storage=sqlite_url)
+    accounting = account(study)  # nothing left RUNNING
+    assert (accounting.finished, accounting.failed) == (1, 1)
+    trials = study.get_trials(deepcopy=False)
+    assert "accuracy" in trials[0].user_attrs  # the running trial trained to the end
+    assert trials[1].user_attrs["fail_reason"] == "not run: SIGTERM received before its turn"

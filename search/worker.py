@@ -7,6 +7,8 @@ in to sharing). CPU workers take no lock: they share the cores, so give each one
 Stops (the running trial always finishes first): --n-trials trials run by this worker, --timeout
 seconds of searching, the study's budget ([study] n_trials finished trials, all workers together)
 reached, or a SIGINT/SIGTERM. A second signal aborts the running trial (recorded as FAILED).
+With --prefetch (search/pipeline.py) a stop by signal or --timeout finds the next trial already
+asked: it is told FAILED, "not run".
 
 A database that goes away mid-run (a restart, a network blip) is waited for: each storage call is
 retried with backoff (1, 2, 4, 8, then 16 s), with one log line per wait, for up to --db-patience
@@ -209,8 +211,9 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
              "created" if created else "joined", name, mask(url), spec.source, device, threads,
              "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
     objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
+    # --prefetch is recorded because its background thread can slow the timed run beside it.
     trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                              "shared_device": bool(claim and claim.shared)}}
+                              "shared_device": bool(claim and claim.shared), "prefetch": args.prefetch}}
     return Worker(spec, study, objective, device, claim, trial_attrs)
 
 

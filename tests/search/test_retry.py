@@ -172,6 +172,33 @@ def test_only_the_owning_thread_retries(study: optuna.Study, monkeypatch: pytest
     assert len(calls) > 2
 
 
+def test_a_thread_the_owner_hands_its_work_to_retries_too(study: optuna.Study,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The --prefetch pipeline's background thread does the owner's storage work: it adopts the
+    owner's retries, and its errors after the patience are the owner's DatabaseUnavailable."""
+    calls: list[str] = []
+
+    def down(*args: object, **kwargs: object) -> None:
+        calls.append(threading.current_thread().name)
+        raise lost_connection()
+
+    monkeypatch.setattr(study._storage._backend, "_get_trials", down)
+    errors: list[BaseException] = []
+
+    def storage_thread() -> None:
+        study._storage.adopt_thread()
+        try:
+            study.get_trials()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=storage_thread, name="storage")
+    thread.start()
+    thread.join()
+    assert len(calls) > 2 and set(calls) == {"storage"}
+    assert isinstance(errors[0], DatabaseUnavailable)
+
+
 def test_a_trial_ended_by_another_worker_meanwhile_is_dropped_not_fatal(
         study: optuna.Study, caplog: pytest.LogCaptureFixture) -> None:
     """This worker's heartbeats missed the grace period (an outage), so another worker's stale

@@ -100,4 +100,5 @@ def test_with_prefetch_a_first_signal_fails_the_already_asked_trial_as_not_run(
     assert (accounting.finished, accounting.failed) == (1, 1)
     trials = study.get_trials(deepcopy=False)
     assert "accuracy" in trials[0].user_attrs  # the running trial trained to the end
+    assert trials[0].user_attrs["worker"]["prefetch"] is True  # its timing ran beside the prefetch
     assert trials[1].user_attrs["fail_reason"] == "not run: SIGTERM received before its turn"

@@ -147,7 +147,8 @@ def test_taking_a_waiting_trial_that_committed_before_the_connection_died(
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # no second, orphaned trial
 
 
-def test_only_the_owning_thread_retries(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> None:
+def reads_fail(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read of trials loses its connection; returns the names of the threads that tried."""
     calls: list[str] = []
 
     def down(*args: object, **kwargs: object) -> None:
@@ -155,18 +156,31 @@ def test_only_the_owning_thread_retries(study: optuna.Study, monkeypatch: pytest
         raise lost_connection()
 
     monkeypatch.setattr(study._storage._backend, "_get_trials", down)
+    return calls
+
+
+def read_in_thread(study: optuna.Study, name: str, adopt: bool) -> BaseException | None:
+    """study.get_trials() on a thread of its own (adopted by the storage or not); its error."""
     errors: list[BaseException] = []
 
-    def heartbeat_thread() -> None:
+    def read() -> None:
+        if adopt:
+            study._storage.adopt_thread()
         try:
             study.get_trials()
         except BaseException as error:
             errors.append(error)
 
-    thread = threading.Thread(target=heartbeat_thread, name="heartbeat-1")
+    thread = threading.Thread(target=read, name=name)
     thread.start()
     thread.join()
-    assert calls == ["heartbeat-1"] and is_transient(errors[0])  # at once, not retried
+    return errors[0] if errors else None
+
+
+def test_only_the_owning_thread_retries(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = reads_fail(study, monkeypatch)
+    error = read_in_thread(study, "heartbeat-1", adopt=False)
+    assert calls == ["heartbeat-1"] and error is not None and is_transient(error)  # at once, not retried
     with pytest.raises(DatabaseUnavailable):
         study.get_trials()  # the owner retries until the (fake) patience runs out
     assert len(calls) > 2
@@ -176,27 +190,10 @@ def test_a_thread_the_owner_hands_its_work_to_retries_too(study: optuna.Study,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The --prefetch pipeline's background thread does the owner's storage work: it adopts the
     owner's retries, and its errors after the patience are the owner's DatabaseUnavailable."""
-    calls: list[str] = []
-
-    def down(*args: object, **kwargs: object) -> None:
-        calls.append(threading.current_thread().name)
-        raise lost_connection()
-
-    monkeypatch.setattr(study._storage._backend, "_get_trials", down)
-    errors: list[BaseException] = []
-
-    def storage_thread() -> None:
-        study._storage.adopt_thread()
-        try:
-            study.get_trials()
-        except BaseException as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=storage_thread, name="storage")
-    thread.start()
-    thread.join()
+    calls = reads_fail(study, monkeypatch)
+    error = read_in_thread(study, "storage", adopt=True)
     assert len(calls) > 2 and set(calls) == {"storage"}
-    assert isinstance(errors[0], DatabaseUnavailable)
+    assert isinstance(error, DatabaseUnavailable)
 
 
 def test_a_trial_ended_by_another_worker_meanwhile_is_dropped_not_fatal(

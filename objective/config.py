@@ -110,8 +110,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = _CASTS[FIELD_TYPES[name]]
     if kind is str:
         choices = CHOICES[name]
-        text = str(value).lower() if isinstance(value, (str, bool)) else None
-        text = _SWITCH.get(text, text) if text is not None else None
+        text = str(value).lower() if isinstance(value, (str, bool)) else None  # str(True) is "True"
+        text = _SWITCH.get(text or "", text)
         if text not in choices:
             raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
         return text

@@ -94,12 +94,6 @@ class Planned:
 
 
 @dataclass(frozen=True)
-class Trained:
-    runs: list[RunResult]
-    time_limit: float  # the limit the runs had, for the prune reason
-
-
-@dataclass(frozen=True)
 class Outcome:
     """What a trial's runs amount to: the mean accuracy, the median seconds, how they ended."""
     accuracy: float
@@ -116,6 +110,13 @@ class Outcome:
                    seconds=statistics.median(run.seconds for run in runs),
                    diverged=any(run.diverged for run in runs),
                    over_time=any(run.over_time for run in runs))
+
+
+@dataclass(frozen=True)
+class Trained:
+    runs: list[RunResult]
+    outcome: Outcome
+    time_limit: float  # the limit the runs had, for the prune reason
 
 
 class Objective:
@@ -170,10 +171,10 @@ class Objective:
         finished_in_time = not (outcome.diverged or outcome.over_time)
         if self.settings.budget_margin is not None and feasible and finished_in_time:
             self.own_limit = min(self.own_limit, outcome.seconds * (1.0 + self.settings.budget_margin))
-        return Trained(runs, limit)
+        return Trained(runs, outcome, limit)
 
     def record(self, trial: optuna.Trial, trained: Trained) -> float:
-        runs, outcome = trained.runs, Outcome.of(trained.runs)
+        runs, outcome = trained.runs, trained.outcome
         trial.set_user_attr("accuracy", outcome.accuracy)
         trial.set_user_attr("seconds", outcome.seconds)
         trial.set_user_attr("train_seconds", statistics.median(run.train_seconds for run in runs))

@@ -89,8 +89,8 @@ def bf16_enabled(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" and bool(amx())
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[None]:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(config, device))
+def _autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:
@@ -117,9 +117,9 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     primitive creation and lazy CUDA init never land in a timing. Done once per shape per process."""
     n = train_count(config, data)
     last = n % config.batch_size or config.batch_size
+    bf16 = bf16_enabled(config, data.device)
     key = (config.batch_size, last, config.conv1_kernel, config.conv2_kernel, config.conv1_width,
-           config.conv2_width, config.fc_width, config.channels_last, bf16_enabled(config, data.device),
-           str(data.device))
+           config.conv2_width, config.fc_width, config.channels_last, bf16, str(data.device))
     if key in _warmed:
         return
     if data.device.type == "cuda":
@@ -130,12 +130,12 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     model = build_model(probe, data.device)
     optimizer = _optimizer(model, config)
     for size in {config.batch_size, last}:
-        with _autocast(config, data.device):
+        with _autocast(bf16, data.device):
             loss = F.nll_loss(model(_batch(data.train_images[:size], config)), data.train_labels[:size])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    _evaluate(model, data, config)
+    _evaluate(model, data, config, bf16)
     _sync(data.device)
     _warmed.add(key)
 
@@ -155,6 +155,7 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
     steps_per_epoch = math.ceil(n / config.batch_size)
     torch.manual_seed(config.seed)
     order_rng = torch.Generator(device=device).manual_seed(config.seed)
+    bf16 = bf16_enabled(config, device)  # resolved once, not per step
 
     _sync(device)
     start = time.perf_counter()
@@ -170,7 +171,7 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
         if position == 0:
             order = torch.randperm(n, device=device, generator=order_rng)
         index = order[position * config.batch_size:(position + 1) * config.batch_size]
-        with _autocast(config, device):
+        with _autocast(bf16, device):
             loss = F.nll_loss(model(_batch(data.train_images[index], config)), data.train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,19 +188,19 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
                 break
     _sync(device)
     train_seconds = time.perf_counter() - start
-    accuracy = _evaluate(model, data, config)
+    accuracy = _evaluate(model, data, config, bf16)
     _sync(device)
     seconds = time.perf_counter() - start
     return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds,
                      train_seconds=train_seconds, steps=step, diverged=diverged,
                      over_time=over_time or seconds > time_limit,
-                     fingerprint={**fingerprint(device), "bf16_autocast": bf16_enabled(config, device)})
+                     fingerprint={**fingerprint(device), "bf16_autocast": bf16})
 
 
-def _evaluate(model: torch.nn.Module, data: Mnist, config: TrainConfig) -> float:
+def _evaluate(model: torch.nn.Module, data: Mnist, config: TrainConfig, bf16: bool) -> float:
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=data.device)
-    with torch.inference_mode(), _autocast(config, data.device):
+    with torch.inference_mode(), _autocast(bf16, data.device):
         for first in range(0, len(data.test_labels), config.eval_batch):
             last = first + config.eval_batch
             predicted = model(_batch(data.test_images[first:last], config)).argmax(dim=1)

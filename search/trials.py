@@ -22,7 +22,7 @@ import gc
 import logging
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -121,27 +121,48 @@ def run(phases: Phases[Prepared, Result], started: Started[Prepared]) -> Ran[Res
 def finish(study: optuna.Study, phases: Phases[Any, Result], started: Started[Any], ran: Ran[Result],
            heartbeat: Heartbeat) -> FrozenTrial:
     """Record how the trial ended and tell the study. Returns the finished trial as stored."""
-    trial = started.trial
+    return _end(study, started.trial, lambda: _ending(phases, started.trial, ran), heartbeat)
+
+
+def release(study: optuna.Study, started: Started[Any], why: str, heartbeat: Heartbeat) -> FrozenTrial:
+    """End a prefetched trial the worker will not run: FAILED with the reason, never left RUNNING."""
+    ending = (None, TrialState.FAIL, f"not run: {why} before its turn")
+    return _end(study, started.trial, lambda: ending, heartbeat)
+
+
+Ending = tuple[float | None, TrialState, str | None]  # value, state, fail_reason
+
+
+def _ending(phases: Phases[Any, Result], trial: optuna.Trial, ran: Ran[Result]) -> Ending:
+    if ran.pruned:
+        return None, TrialState.PRUNED, None
+    if ran.failure is not None:
+        return None, TrialState.FAIL, ran.failure
     try:
-        if ran.pruned:
-            return _tell(study, trial, state=TrialState.PRUNED)
-        if ran.failure is None:
-            try:
-                value = phases.record(trial, ran.result)  # type: ignore[arg-type]
-            except optuna.TrialPruned:
-                return _tell(study, trial, state=TrialState.PRUNED)
-            except (*STORAGE_FAILURES, UpdateFinishedTrialError):
-                raise
-            except Exception as error:
-                ran = Ran(failure=_reason(error, trial.number))
-            else:
-                return _tell(study, trial, value)
-        trial.set_user_attr("fail_reason", ran.failure)
-        return _tell(study, trial, state=TrialState.FAIL)
+        return phases.record(trial, ran.result), TrialState.COMPLETE, None  # type: ignore[arg-type]
+    except optuna.TrialPruned:
+        return None, TrialState.PRUNED, None
+    except (*STORAGE_FAILURES, UpdateFinishedTrialError):
+        raise
+    except Exception as error:
+        return None, TrialState.FAIL, _reason(error, trial.number)
+
+
+def _end(study: optuna.Study, trial: optuna.Trial, ending: Callable[[], Ending],
+         heartbeat: Heartbeat) -> FrozenTrial:
+    """Write `ending()` (the objective's record, then the fail reason) and tell the study, unless
+    another worker ended the trial meanwhile."""
+    try:
+        value, state, fail_reason = ending()
+        if fail_reason is not None:
+            trial.set_user_attr("fail_reason", fail_reason)
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise UpdateFinishedTrialError(f"trial {trial.number} is already finished")
+        return study.tell(trial, value, state=state, skip_if_finished=True)
     except DatabaseUnavailable as error:
         error.trial = trial.number
         raise
-    except UpdateFinishedTrialError:
+    except UpdateFinishedTrialError:  # a write to the finished trial raises it, so does the check
         stored = study._storage.get_trial(trial._trial_id)
         log.warning("trial %d was ended as %s by another worker while it ran here (its heartbeat "
                     "went stale); a retry is queued and this run's result is dropped",
@@ -149,11 +170,6 @@ def finish(study: optuna.Study, phases: Phases[Any, Result], started: Started[An
         return stored
     finally:
         heartbeat.discard(trial._trial_id)
-
-
-def release(study: optuna.Study, started: Started[Any], why: str, heartbeat: Heartbeat) -> FrozenTrial:
-    """End a prefetched trial the worker will not run: FAILED with the reason, never left RUNNING."""
-    return finish(study, _NoPhases(), started, Ran(failure=f"not run: {why} before its turn"), heartbeat)
 
 
 def run_trial(study: optuna.Study, phases: Phases[Any, Any], user_attrs: Mapping[str, Any]) -> FrozenTrial:
@@ -173,20 +189,6 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def finished_count(study: optuna.Study) -> int:
     """COMPLETE + PRUNED trials of the whole study, every worker's, read from the storage."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-class _NoPhases:
-    def record(self, trial: optuna.Trial, result: object) -> float:
-        raise AssertionError("a released trial has no result to record")
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
-          state: TrialState | None = None) -> FrozenTrial:
-    """study.tell, unless another worker ended the trial meanwhile: then UpdateFinishedTrialError,
-    as a write to the finished trial raises (Optuna's tell would say ValueError, or skip)."""
-    if study._storage.get_trial(trial._trial_id).state.is_finished():
-        raise UpdateFinishedTrialError(f"trial {trial.number} is already finished")
-    return study.tell(trial, value, state=state, skip_if_finished=True)
 
 
 def _reason(error: BaseException, number: int) -> str:

@@ -14,8 +14,11 @@ sampler needs a try/except of its own.
   gives up with `DatabaseUnavailable` once one call has failed for `patience` seconds (or made
   the attempts that fit in them, whichever comes first).
 - Idempotent: a write retried after its connection died may have committed already. Optuna's
-  attribute and parameter writes are upserts; a state change (tell, or taking a waiting trial) is
-  checked against the stored trial first, and one already in the asked-for state counts as done.
+  attribute and parameter writes are upserts; a state change (tell, or taking a waiting trial)
+  whose answer may have been lost is checked against the stored trial, and one already in the
+  asked-for state counts as done. SQLite's errors are never such a case: it runs in this process,
+  so "database is locked" means nothing was written, and the trial in that state is another
+  worker's (counting it as ours ran one trial in two workers).
 - Only the thread that opened the storage retries, and threads it hands its work to (`adopt_thread`:
   the --prefetch pipeline's). The heartbeat thread's calls fail at once: it logs and tries again at
   its next beat, and must never hold up the end of a trial.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +70,18 @@ def is_transient(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def answer_may_be_lost(error: BaseException) -> bool:
+    """Whether the call that raised `error` may have committed all the same: a server connection
+    can die between the commit and its answer; SQLite, in this process, always answers."""
+    seen: BaseException | None = error
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, sqlalchemy.exc.DBAPIError) else seen
+        if isinstance(orig, sqlite3.Error):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 def storage_failure(error: BaseException) -> str:
@@ -156,18 +172,20 @@ class RetryingStorage(_CachedStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
-        tries = 0
+        answer_lost = False  # an earlier attempt may have committed without our hearing it
 
         def attempt() -> bool:
-            nonlocal tries
-            tries += 1
+            nonlocal answer_lost
             try:
                 changed = _CachedStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
-                if tries > 1 and self._backend.get_trial(trial_id).state == state:
+                if answer_lost and self._backend.get_trial(trial_id).state == state:
                     return True  # the attempt whose connection died had committed it
                 raise
-            if not changed and tries > 1 and state == TrialState.RUNNING:
+            except Exception as error:
+                answer_lost = answer_lost or answer_may_be_lost(error)
+                raise
+            if not changed and answer_lost and state == TrialState.RUNNING:
                 # Taking a waiting trial: RUNNING now most likely means the lost attempt took it.
                 # Taking it again is safe either way: a trial run twice is told once.
                 return self._backend.get_trial(trial_id).state == TrialState.RUNNING

@@ -5,6 +5,7 @@ connection died. Also the trial loop's answer to a trial ended by another worker
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,31 @@ def read_in_thread(study: optuna.Study, name: str, adopt: bool) -> BaseException
     thread.start()
     thread.join()
     return errors[0] if errors else None
+
+
+def test_a_waiting_trial_another_worker_took_while_sqlite_was_locked_is_not_taken_twice(
+        study: optuna.Study, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two workers on one SQLite file pop the baseline at once: the other one commits first, so
+    this one's write meets "database is locked" and nothing of it is written. The retry then finds
+    the trial RUNNING, and must see it as the other worker's, not as its own lost answer."""
+    other = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    backend = study._storage._backend
+    real = backend.set_trial_state_values
+    seen: list[str] = []
+
+    def locked(trial_id: int, state: TrialState, values: object = None) -> bool:
+        if not seen:
+            seen.append(state.name)
+            other.set_trial_state_values(trial_id, TrialState.RUNNING)  # the other worker wins
+            raise sqlalchemy.exc.OperationalError("UPDATE trials", {},
+                                                  sqlite3.OperationalError("database is locked"))
+        return real(trial_id, state=state, values=values)
+
+    monkeypatch.setattr(backend, "set_trial_state_values", locked)
+    trial = study.ask()
+    assert seen == ["RUNNING"]
+    assert trial.number == 1  # a new trial: the baseline (number 0) is the other worker's
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
 
 
 def test_only_the_owning_thread_retries(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> None:

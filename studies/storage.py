@@ -2,7 +2,10 @@
 
 - SQLite (the embedded default, `sqlite:///optuna.db` in the working directory): WAL journal so
   readers (the dashboard) never block the writer, and a long busy timeout so concurrent workers
-  queue for the write lock instead of failing with "database is locked".
+  queue for the write lock instead of failing with "database is locked". Each transaction starts
+  with BEGIN IMMEDIATE: Python's sqlite3 otherwise begins one only at the first write, so Optuna's
+  "read the trial, then write it" (taking a waiting trial) was two steps, and two workers both
+  read WAITING and both ran the trial. Holding the write lock from the read on makes it one step.
 - Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
   connect timeout, so an unreachable host is an answer within seconds, not a hang.
 - Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
@@ -82,7 +85,8 @@ def parse_url(url: str) -> URL:
 
 def engine_kwargs(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+        # isolation_level=None: the driver emits no BEGIN of its own; _begin_immediate does.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     if url.get_backend_name() == "mysql":
@@ -96,6 +100,10 @@ def _enable_wal(url: URL) -> None:
     if url.database and url.database != ":memory:":
         with sqlite3.connect(url.database, timeout=SQLITE_BUSY_TIMEOUT) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _begin_immediate(connection: sqlalchemy.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_storage(url: str, heartbeat: bool = True, attempts: int = 3,
@@ -118,13 +126,17 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 3,
         }
     for attempt in range(1, attempts + 1):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs(parsed), **heartbeat_kwargs)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs(parsed), **heartbeat_kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts:
                 raise StorageError(f"could not create the Optuna schema in {mask(url)}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
             if attempt == attempts or _timed_out(error):
                 raise StorageError(f"cannot connect to {mask(url)}: {_first_line(error)}") from None
+        else:
+            if parsed.get_backend_name() == "sqlite":
+                sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+            return storage
         time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
 

@@ -89,3 +89,27 @@ def test_concurrent_creators_make_one_study_and_one_baseline(postgres_url: str) 
     assert sum(int(out.strip()) for out, _ in outputs) == 1
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert [t.user_attrs for t in study.get_trials(deepcopy=False)] == [{"baseline": True}]
+
+
+@pytest.mark.parametrize("url_fixture", ["sqlite_url", "postgres_url"])
+def test_concurrent_workers_take_each_waiting_trial_once(url_fixture: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    """Four processes ask() from one study holding 120 waiting trials: each is taken by exactly
+    one of them. (On SQLite, reading WAITING and writing RUNNING were two steps; two workers could
+    both read WAITING and both run the trial.)"""
+    url: str = request.getfixturevalue(url_fixture)
+    study = optuna.create_study(study_name="race", storage=open_storage(url, heartbeat=False))
+    for index in range(120):
+        study.enqueue_trial({"x": index}, user_attrs={"enqueued": True}, skip_if_exists=False)
+    script = (
+        "import sys, optuna; from studies.storage import open_storage\n"
+        "study = optuna.load_study(study_name='race', storage=open_storage(sys.argv[1], heartbeat=False))\n"
+        "while (trial := study.ask()).user_attrs.get('enqueued'):\n"
+        "    print(trial.number)\n"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", script, url], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err for _, err in outputs]
+    taken = sorted(int(line) for out, _ in outputs for line in out.split())
+    assert taken == list(range(120))

@@ -2,9 +2,10 @@
 
 One daemon thread per worker records a heartbeat for each trial the worker holds (the one
 training and, with --prefetch, the next one already asked) every `heartbeat_interval` s, and
-after each round that got through fails the study's stale trials. So a dead worker's trial turns
-FAILED (and is re-queued) within the grace period plus one interval of its last beat while any
-other worker is training, not only between two trials. A failed beat is logged and retried at the
+after each round that got through fails the study's stale trials and queues the retries a dead
+checker left out (search/stale.py). So a dead worker's trial turns FAILED (and is re-queued)
+within the grace period plus one interval of its last beat while any other worker is training,
+not only between two trials. A failed beat is logged and retried at the
 next interval; it must never end the thread while a trial still runs. The thread's storage calls
 are not retried (search/retry.py): a beat must never hold up the trial.
 """
@@ -17,6 +18,7 @@ import threading
 import optuna
 
 from search.retry import storage_failure
+from search.stale import fail_stale_trials, requeue_orphans
 
 log = logging.getLogger("search")
 
@@ -67,7 +69,10 @@ class Heartbeat:
                 live = sorted(self._live)
             if live and all([self._beat(trial_id) for trial_id in live]):
                 try:
-                    optuna.storages.fail_stale_trials(self.study)
+                    fail_stale_trials(self.study)
+                    if orphans := requeue_orphans(self.study):
+                        log.info("queued the retry of trial(s) %s, failed as stale by a worker that died "
+                                 "before queueing it", ", ".join(map(str, orphans)))
                 except Exception as error:
                     log.warning("stale-trial check failed: %s", storage_failure(error))
 

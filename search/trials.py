@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 import logging
 import traceback
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -29,12 +28,13 @@ from typing import Any, Generic, Protocol, TypeVar
 import optuna
 import sqlalchemy
 import torch
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from search.heartbeat import Heartbeat
 from search.retry import DatabaseUnavailable
 from search.signals import WorkerInterrupted
+from search.stale import fail_stale_trials
 
 log = logging.getLogger("search")
 
@@ -177,13 +177,6 @@ def run_trial(study: optuna.Study, phases: Phases[Any, Any], user_attrs: Mapping
     with Heartbeat(study) as heartbeat:
         started = start(study, phases, user_attrs, heartbeat)
         return finish(study, phases, started, run(phases, started), heartbeat)
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Mark trials of dead workers FAILED; the storage's callback re-enqueues them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -1,0 +1,103 @@
+"""Where the worker's storage work per trial goes: SQL statements and commits, by call site.
+
+    python benchmarks/bench_storage_calls.py --trials 100
+
+The worker's default loop (benchmarks/sleep_worker.py, trials that sleep 0 s) on a fresh SQLite
+file and a fresh Postgres database: first --trials trials timed with nothing attached (the loop's
+overhead per trial), then --trials more with a SQLAlchemy listener that counts every statement and
+commit and charges it to the product's function that called into Optuna (stack walk, so this pass
+is not timed). Both passes follow 20 warm-up trials on the same study. The counts say what a
+shorter loop would have to remove; the duty-cycle benchmark says what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench_duty_cycle import drop_postgres, fresh_postgres  # benchmarks/ is on sys.path
+from sleep_worker import run_loop
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = tuple(str(ROOT / package) for package in ("search", "objective", "studies"))
+WARM_UP = 20
+
+
+class Counter:
+    """Statements and commits of every engine, charged to `product function -> Optuna call`."""
+
+    def __init__(self) -> None:
+        self.statements: collections.Counter[str] = collections.Counter()
+        self.commits = 0
+
+    def statement(self, *_: Any) -> None:
+        self.statements[call_site()] += 1
+
+    def commit(self, *_: Any) -> None:
+        self.commits += 1
+
+    def __enter__(self) -> Counter:
+        event.listen(Engine, "before_cursor_execute", self.statement)
+        event.listen(Engine, "commit", self.commit)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        event.remove(Engine, "before_cursor_execute", self.statement)
+        event.remove(Engine, "commit", self.commit)
+
+
+def call_site() -> str:
+    """`objective.py:record -> set_user_attr`: the innermost product frame and what it called."""
+    stack = traceback.extract_stack()
+    for inner, outer in zip(reversed(stack[1:]), reversed(stack[:-1]), strict=True):
+        if outer.filename.startswith(PRODUCT):
+            return f"{Path(outer.filename).name}:{outer.name} -> {inner.name}"
+    return "(outside the product)"
+
+
+def measure(url: str, trials: int) -> tuple[float, Counter]:
+    run_loop(url, "calls", 0.0, WARM_UP, None, sampler_seed=0)
+    start = time.perf_counter()
+    run_loop(url, "calls", 0.0, trials, None, sampler_seed=0)
+    ms_per_trial = 1000 * (time.perf_counter() - start) / trials
+    with Counter() as counter:
+        run_loop(url, "calls", 0.0, trials, None, sampler_seed=0)
+    return ms_per_trial, counter
+
+
+def report(storage: str, trials: int, ms_per_trial: float, counter: Counter) -> None:
+    total = sum(counter.statements.values())
+    print(f"\n{storage}: {ms_per_trial:.1f} ms per trial, {total / trials:.1f} statements and "
+          f"{counter.commits / trials:.1f} commits per trial\n")
+    print("| call site (product -> Optuna) | statements per trial |")
+    print("|---|---|")
+    for site, count in counter.statements.most_common():
+        if count / trials >= 0.5:
+            print(f"| `{site}` | {count / trials:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=100)
+    args = parser.parse_args()
+    print(f"{args.trials} trials of 0 s after {WARM_UP} warm-up, default loop, mnist_fast space, TPE, "
+          f"{time.strftime('%Y-%m-%d')}")
+    with tempfile.TemporaryDirectory() as scratch:
+        report("SQLite (WAL)", args.trials, *measure(f"sqlite:///{scratch}/calls.db", args.trials))
+    name, url = fresh_postgres()
+    try:
+        report("PostgreSQL 15", args.trials, *measure(url, args.trials))
+    finally:
+        drop_postgres(name)
+
+
+if __name__ == "__main__":
+    main()

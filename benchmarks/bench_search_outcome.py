@@ -56,7 +56,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: torch's)")
     parser.add_argument("--verify", type=int, default=10)
     parser.add_argument("--storage", help="default: a fresh SQLite file in a temporary folder")
+    parser.add_argument("--reference", default=str(REFERENCE))
     args = parser.parse_args()
+    if not Path(args.reference).is_file():  # checked now, not after half an hour of search
+        parser.error(f"no reference script at {args.reference} (pass --reference)")
 
     with tempfile.TemporaryDirectory() as scratch:
         url = args.storage or f"sqlite:///{scratch}/outcome.db"
@@ -70,7 +73,7 @@ def main() -> None:
         run(verify)
         best = json.loads(out.read_text())
         seeds = ",".join(str(run_["seed"]) for run_ in best["verification"]["runs"])
-        reference = json.loads(run([sys.executable, str(REFERENCE), "--data-dir", args.data_dir,
+        reference = json.loads(run([sys.executable, args.reference, "--data-dir", args.data_dir,
                                     "--seeds", seeds, "--device", "cpu", "--json"]).splitlines()[-1])
 
     found = best["verification"]["runs"]

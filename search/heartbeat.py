@@ -5,9 +5,9 @@ training and, with --prefetch, the next one already asked) every `heartbeat_inte
 after each round that got through fails the study's stale trials and queues the retries a dead
 checker left out (search/stale.py). So a dead worker's trial turns FAILED (and is re-queued)
 within the grace period plus one interval of its last beat while any other worker is training,
-not only between two trials. A failed beat is logged and retried at the
-next interval; it must never end the thread while a trial still runs. The thread's storage calls
-are not retried (search/retry.py): a beat must never hold up the trial.
+not only between two trials. A failed beat is logged and retried at the next interval; it must
+never end the thread while a trial still runs. The thread's storage calls are not retried
+(search/retry.py): a beat must never hold up the trial.
 """
 
 from __future__ import annotations

@@ -41,14 +41,14 @@ def requeue_orphans(study: optuna.Study) -> list[int]:
         return []
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period(storage))
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=_grace_period(storage))
     orphans = [t for t in trials if t.number not in retried and _failed_by_stale_check(t, cutoff)]
     for orphan in orphans:
         callback(study, copy.deepcopy(orphan))
     return [orphan.number for orphan in orphans]
 
 
-def grace_period(storage: optuna.storages.BaseStorage) -> float:
+def _grace_period(storage: optuna.storages.BaseStorage) -> float:
     """The storage's grace period; Optuna's own default where none was given."""
     backend = getattr(storage, "_backend", storage)  # under Optuna's caching wrapper
     interval = getattr(backend, "heartbeat_interval", None) or 0

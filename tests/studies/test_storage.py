@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "studies" / "smoke.toml"
 
 
+def run_together(count: int, script: str, *args: str) -> list[str]:
+    """`count` processes of `script` started at once; their stdouts, each having exited 0."""
+    processes = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err for _, err in outputs]
+    return [out for out, _ in outputs]
+
+
 def test_url_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     assert resolve_url(None) == DEFAULT_STORAGE == "sqlite:///optuna.db"
@@ -79,14 +88,8 @@ def test_concurrent_creators_make_one_study_and_one_baseline(postgres_url: str) 
         "spec = load_spec(sys.argv[1]); storage = open_storage(sys.argv[2])\n"
         "study, created = create_or_load(spec, storage, 0)\nprint(int(created))"
     )
-    processes = [
-        subprocess.Popen([sys.executable, "-c", script, str(SMOKE), postgres_url], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(8)
-    ]
-    outputs = [process.communicate(timeout=120) for process in processes]
-    assert all(process.returncode == 0 for process in processes), [err for _, err in outputs]
-    assert sum(int(out.strip()) for out, _ in outputs) == 1
+    outputs = run_together(8, script, str(SMOKE), postgres_url)
+    assert sum(int(out.strip()) for out in outputs) == 1
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert [t.user_attrs for t in study.get_trials(deepcopy=False)] == [{"baseline": True}]
 
@@ -107,9 +110,5 @@ def test_concurrent_workers_take_each_waiting_trial_once(url_fixture: str,
         "while (trial := study.ask()).user_attrs.get('enqueued'):\n"
         "    print(trial.number)\n"
     )
-    processes = [subprocess.Popen([sys.executable, "-c", script, url], cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    outputs = [process.communicate(timeout=120) for process in processes]
-    assert all(process.returncode == 0 for process in processes), [err for _, err in outputs]
-    taken = sorted(int(line) for out, _ in outputs for line in out.split())
+    taken = sorted(int(line) for out in run_together(4, script, url) for line in out.split())
     assert taken == list(range(120))

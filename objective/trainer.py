@@ -119,7 +119,8 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     last = n % config.batch_size or config.batch_size
     bf16 = bf16_enabled(config, data.device)
     key = (config.batch_size, last, config.conv1_kernel, config.conv2_kernel, config.conv1_width,
-           config.conv2_width, config.fc_width, config.channels_last, bf16, str(data.device))
+           config.conv2_width, config.fc_width, config.batch_norm, config.channels_last, bf16,
+           str(data.device))
     if key in _warmed:
         return
     if data.device.type == "cuda":
@@ -161,7 +162,9 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
     start = time.perf_counter()
     model = build_model(config, device)
     optimizer = _optimizer(model, config)
-    schedule = OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, cycle_momentum=False)
+    schedule = OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start,
+                          div_factor=config.div_factor, final_div_factor=config.final_div_factor,
+                          cycle_momentum=False)
     loss_sum = torch.zeros((), device=device)  # NaN/inf in any step's loss poisons the sum
     diverged = over_time = False
     model.train()

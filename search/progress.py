@@ -69,8 +69,10 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         parts[0] += f" value {trial.value:.3f}"
     if "accuracy" in attrs and "seconds" in attrs:
-        parts.append(f"acc {100 * attrs['accuracy']:.2f} % in {attrs['seconds']:.2f} s")
-    reason = attrs.get("fail_reason") or attrs.get("reason")
+        seeds = len(attrs.get("accuracies") or [None])
+        parts.append(f"acc {100 * attrs['accuracy']:.2f} % in {attrs['seconds']:.2f} s "
+                     f"({seeds} seed{'' if seeds == 1 else 's'})")
+    reason = attrs.get("fail_reason") or attrs.get("stopped")
     if reason:
         parts.append(str(reason))
     parts.append(f"best {best.value:.3f} (#{best.number})" if best and best.value is not None

@@ -45,13 +45,15 @@ from objective.cli import OneLineParser, hide_passwords
 from objective.config import ConfigError, TrainConfig
 from objective.data import DataError, Mnist, load_resident, resolve_root
 from objective.objective import Objective
-from objective.trainer import RunResult, resolve_device, train_once
+from objective.trainer import RunResult, fingerprint, resolve_device, train_once
 from search.device_lock import DeviceBusy, DeviceClaim, claim_device
 from search.pipeline import Pipeline
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
 from search.signals import GracefulStop, WorkerInterrupted
 from search.trials import STORAGE_FAILURES, Started, finished_count, run
+from studies.export import describe
+from studies.note import study_note
 from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
 from studies.storage import (
     GRACE_PERIOD,
@@ -157,6 +159,7 @@ class Worker:
     device: torch.device
     claim: DeviceClaim | None
     trial_attrs: dict[str, Any]  # stored on every trial this worker runs
+    deadline: float | None  # time.time() past which no trial starts: the spec's [study] minutes
 
 
 def default_spec() -> str:
@@ -199,22 +202,30 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
                              label=str(device), keep_waiting=lambda: not stop.requested, on_wait=log.info)
     with stop.interruptible():
         data = load_resident(resolve_root(args.data_dir), device)
+    objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
+    with stop.interruptible():
+        baseline = objective.measure_baseline()
+    log.info("yardstick: the seed recipe takes %.3f s here; a run past %.3f s is stopped",
+             baseline, objective.time_limit())
     storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
                                            grace_period=args.grace_period),
                               Retry(patience=args.db_patience))
     seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
-    study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name)
+    note = study_note(spec, baseline, describe(fingerprint(device)))
+    study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name, note=note)
     if not created:
         check_same_recipe(study, spec, url)
     threads = torch.get_num_threads()
     log.info("%s study %r in %s from %s: device %s (%d CPU thread%s), sampler %s seed %s, pid %d",
              "created" if created else "joined", name, mask(url), spec.source, device, threads,
              "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
-    objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
     # --prefetch is recorded because its background thread can slow the timed run beside it.
     trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
                               "shared_device": bool(claim and claim.shared), "prefetch": args.prefetch}}
-    return Worker(spec, study, objective, device, claim, trial_attrs)
+    created = study.user_attrs.get("created_at")
+    deadline = (created + 60 * spec.minutes
+                if spec.minutes is not None and isinstance(created, float | int) else None)
+    return Worker(spec, study, objective, device, claim, trial_attrs, deadline)
 
 
 def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
@@ -265,6 +276,8 @@ def stop_reason(args: argparse.Namespace, stop: GracefulStop, ran: int, started:
 def budget_reason(worker: Worker, in_flight: int) -> str | None:
     """Why no trial should start: the study's budget, counting every worker's finished trials and
     this worker's `in_flight` one (a prefetch is asked while a trial trains)."""
+    if worker.deadline is not None and time.time() >= worker.deadline:
+        return f"the study's budget is reached ({worker.spec.minutes:g} minutes since it was created)"
     finished = finished_count(worker.study)
     if finished + in_flight < worker.spec.n_trials:
         return None

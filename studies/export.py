@@ -1,9 +1,10 @@
 """Pick a study's best config and write it as a document that reproduces it.
 
-Best = the lowest value among COMPLETE trials that are feasible (every Optuna constraint <= 0, the
-objective's `accuracy_shortfall` included), compared only within ONE hardware fingerprint: seconds
-measured on different machines do not compare. The default fingerprint is the most common one
-among complete trials; a device name picks another. The seed-recipe baseline is eligible.
+Best = the lowest value among COMPLETE trials that are feasible (every Optuna constraint <= 0; the
+objective's say the trial dominates the seed recipe), compared only within ONE hardware
+fingerprint: seconds measured on different machines do not compare. The default fingerprint is
+the most common one among complete trials; a device name picks another. The seed-recipe baseline
+is eligible.
 
 Reading is all an export does: it never writes to the study.
 """

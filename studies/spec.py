@@ -1,11 +1,15 @@
 """Study specs: a TOML file that names a study, its search space, objective settings and sampler.
 
-    [study]      name, direction ("minimize"), n_trials (the study's budget of finished trials)
-    [objective]  accuracy_target, time_limit, penalty_per_point, repeats
+    [study]      name, direction ("minimize"), n_trials (finished trials), minutes (wall-clock
+                 budget from the study's creation); a worker stops at whichever comes first
+    [objective]  accuracy_target, accuracy_margin, time_limit, limit_vs_baseline,
+                 penalty_per_point, max_penalty_points, repeats, crown_seeds, accuracy_sd,
+                 slower_margin (objective/objective.py and objective/seeds.py say what each does)
     [train]      fixed TrainConfig fields (epochs, train_subset, ...); the rest keep the seed's values
     [sampler]    name = "tpe" | "random" | "gp" | "cmaes" | "qmc", seed, and the sampler's options
-    [pruner]     name = "none" | "time_budget" (margin = 0.05): stop a run that can no longer win
     [params.X]   type = "float" | "int" (low, high, log, step) or "categorical" (choices)
+    [[start]]    start points: searched params set away from the baseline's, each enqueued once
+                 after the baseline when the study is created
 
 Everything is validated on load, before anything touches a database.
 """
@@ -13,6 +17,7 @@ Everything is validated on load, before anything touches a database.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -32,7 +37,7 @@ from objective.config import FIELD_TYPES, ConfigError, TrainConfig, from_dict
 from objective.objective import ObjectiveSettings
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-SECTIONS = {"study", "objective", "train", "sampler", "pruner", "params"}
+SECTIONS = {"study", "objective", "train", "sampler", "params", "start"}
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
@@ -40,7 +45,6 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
 }
-PRUNERS = {"none", "time_budget"}
 # Parameters the search never varies: they are bookkeeping or speed-only, not recipe knobs.
 NOT_SEARCHABLE = {"seed", "check_every", "eval_batch", "train_subset"}
 
@@ -58,14 +62,19 @@ class StudySpec:
     objective: ObjectiveSettings
     sampler_name: str = "tpe"
     sampler_options: dict[str, Any] = field(default_factory=dict)
-    pruner: str = "none"
     direction: str = "minimize"
     sampler_seed: int | None = None
     source: str = ""
+    minutes: float | None = None  # the study's wall-clock budget, from its creation
+    starts: list[dict[str, Any]] = field(default_factory=list)  # [[start]] points, over the baseline
 
     def baseline_params(self) -> dict[str, Any]:
         """The seed recipe's values (as the [train] section leaves them) for every searched param."""
         return {name: getattr(self.base, name) for name in self.space}
+
+    def start_params(self) -> list[dict[str, Any]]:
+        """The baseline's params, then each [[start]] point's over them: enqueued in this order."""
+        return [self.baseline_params()] + [{**self.baseline_params(), **start} for start in self.starts]
 
     def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
         return SAMPLERS[self.sampler_name](seed=seed, **self.sampler_options)
@@ -96,12 +105,15 @@ def load_spec(path: str | Path) -> StudySpec:
 def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     _only(document, SECTIONS, "top level")
     study = _section(document, "study")
-    _only(study, {"name", "direction", "n_trials"}, "[study]")
+    _only(study, {"name", "direction", "n_trials", "minutes"}, "[study]")
     name = validate_study_name(study.get("name"))
     direction = study.get("direction", "minimize")
     if direction != "minimize":
         raise SpecError(f"[study] direction must be \"minimize\" (the value is seconds), got {direction!r}")
     n_trials = _integer(study.get("n_trials", 100), "[study] n_trials", minimum=1)
+    minutes = study.get("minutes")
+    if minutes is not None and not 0 < _number(minutes, "[study] minutes") < math.inf:
+        raise SpecError(f"[study] minutes must be > 0, got {minutes!r}")
 
     objective = _objective(_section(document, "objective"))
     try:
@@ -125,29 +137,19 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     except (TypeError, ValueError) as error:
         raise SpecError(f"[sampler] bad option for {sampler_name}: {error}") from None
 
-    pruner = dict(_section(document, "pruner"))
-    pruner_name = pruner.pop("name", "none")
-    if pruner_name not in PRUNERS:
-        choices = ", ".join(sorted(PRUNERS))
-        raise SpecError(f"[pruner] unknown pruner {pruner_name!r}; choose one of {choices}")
-    margin = pruner.pop("margin", 0.05 if pruner_name == "time_budget" else None)
-    _only(pruner, set(), "[pruner]")
-    if pruner_name == "time_budget":
-        objective = _replace_settings(objective, budget_margin=_number(margin, "[pruner] margin"))
-
-    spec = StudySpec(name=name, n_trials=n_trials, space=space, base=base, objective=objective,
-                     sampler_name=sampler_name, sampler_options=sampler, pruner=pruner_name,
-                     direction=direction, sampler_seed=seed, source=source)
-    return spec
+    return StudySpec(name=name, n_trials=n_trials, space=space, base=base, objective=objective,
+                     sampler_name=sampler_name, sampler_options=sampler, direction=direction,
+                     sampler_seed=seed, source=source,
+                     minutes=None if minutes is None else float(minutes),
+                     starts=_starts(document.get("start", []), space, base))
 
 
 def _objective(section: Mapping[str, Any]) -> ObjectiveSettings:
-    allowed = {f.name for f in fields(ObjectiveSettings)} - {"budget_margin"}
-    _only(section, allowed, "[objective]")
+    _only(section, {f.name for f in fields(ObjectiveSettings)}, "[objective]")
     values: dict[str, Any] = {}
     for key, value in section.items():
-        if key == "repeats":
-            values[key] = _integer(value, "[objective] repeats", minimum=1)
+        if key in ("repeats", "crown_seeds"):
+            values[key] = _integer(value, f"[objective] {key}", minimum=1)
         else:
             values[key] = _number(value, f"[objective] {key}")
     try:
@@ -156,11 +158,28 @@ def _objective(section: Mapping[str, Any]) -> ObjectiveSettings:
         raise SpecError(f"[objective] {error}") from None
 
 
-def _replace_settings(settings: ObjectiveSettings, **changes: Any) -> ObjectiveSettings:
-    try:
-        return ObjectiveSettings(**{**settings.__dict__, **changes})
-    except ValueError as error:
-        raise SpecError(f"[pruner] {error}") from None
+def _starts(points: Any, space: Mapping[str, BaseDistribution], base: TrainConfig) -> list[dict[str, Any]]:
+    """[[start]] tables: each sets searched params to values inside their ranges."""
+    if not isinstance(points, list) or not all(isinstance(point, Mapping) for point in points):
+        raise SpecError("[[start]] must be an array of tables (one [[start]] header per point)")
+    for index, point in enumerate(points, 1):
+        where = f"[[start]] #{index}"
+        if not point:
+            raise SpecError(f"{where} is empty: set at least one searched parameter")
+        _only(point, set(space), where)
+        for name, value in point.items():
+            if not _contains(space[name], value):
+                raise SpecError(f"{where} {name}={value!r} is outside [params.{name}]")
+        _try_config(base, dict(point), where)
+    return [dict(point) for point in points]
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    assert isinstance(dist, FloatDistribution | IntDistribution)
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and dist.low <= value <= dist.high)
 
 
 def _distribution(name: str, spec: Any) -> BaseDistribution:
@@ -220,9 +239,7 @@ def _check_buildable(space: Mapping[str, BaseDistribution], base: TrainConfig) -
         _try_config(base, changes, "kernels " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     for name, dist in space.items():
         value = getattr(base, name)
-        inside = (value in dist.choices if isinstance(dist, CategoricalDistribution)
-                  else dist.low <= value <= dist.high)  # type: ignore[attr-defined]
-        if not inside:
+        if not _contains(dist, value):
             raise SpecError(f"[params.{name}] does not contain the baseline's {name}={value!r}; "
                             "widen it so the seed recipe can be enqueued as the baseline")
 

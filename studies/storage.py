@@ -25,8 +25,10 @@ from urllib.parse import quote
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna_dashboard import save_note
 from sqlalchemy.engine import URL, make_url
 
+from objective.objective import METRIC_NAME
 from studies.spec import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -153,11 +155,12 @@ def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:
 
 
 def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | None,
-                   study_name: str | None = None) -> tuple[optuna.Study, bool]:
+                   study_name: str | None = None, note: str | None = None) -> tuple[optuna.Study, bool]:
     """The spec's study on `storage`, created if missing. Returns (study, created).
 
     Exactly one of many workers starting at the same second creates the study (the database's
-    unique name decides) and enqueues the seed-recipe baseline, so the baseline exists once."""
+    unique name decides), names its objective, writes `note` for the dashboard and enqueues the
+    seed-recipe baseline and the spec's start points, so each exists once."""
     name = study_name or spec.name
     sampler = spec.make_sampler(sampler_seed)
     try:
@@ -165,10 +168,17 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
                                     direction=spec.direction)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(storage=storage, study_name=name, sampler=sampler), False
+    study.set_metric_names([METRIC_NAME])
     study.set_user_attr("spec", spec.source)
     study.set_user_attr("base_config", spec.base.to_dict())
     study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
-    study.enqueue_trial(spec.baseline_params(), user_attrs={"baseline": True})
+    study.set_user_attr("created_at", time.time())  # the [study] minutes budget counts from here
+    if note is not None:
+        save_note(study, note)
+    baseline, *starts = spec.start_params()
+    study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    for index, params in enumerate(starts, 1):
+        study.enqueue_trial(params, user_attrs={"start_point": index})
     return study, True
 
 

@@ -92,9 +92,9 @@ CASES: dict[str, Case] = {
     "worker: unknown sampler": Case(
         WORKER, [], "unknown sampler 'tpee'; choose one of tpe, ",
         spec=smoke_with('name = "tpe"', 'name = "tpee"')),
-    "worker: unknown pruner": Case(
-        WORKER, [], "unknown pruner 'median'; choose one of none, time_budget",
-        spec=smoke_with('name = "none"', 'name = "median"')),
+    "worker: start point outside its range": Case(
+        WORKER, [], "[[start]] #1 lr=0.5 is outside [params.lr]",
+        spec=smoke_with("[params.lr]", "[[start]]\nlr = 0.5\n\n[params.lr]")),
     "worker: missing spec": Case(WORKER, ["--spec", "{dir}/no_such_spec.toml"], "cannot read spec"),
     "worker: bad spec, Postgres storage": Case(
         WORKER, ["--storage", "{postgres}"], "unknown sampler",

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.objective import (
+    YARDSTICK_EVERY,
     Objective,
     ObjectiveSettings,
     best_feasible_value,
@@ -68,50 +69,78 @@ def make_objective(train: FakeTrain, data: Mnist, **settings: object) -> Objecti
     return Objective(SPACE, BASE, ObjectiveSettings(**settings), data, train=train)  # type: ignore[arg-type]
 
 
-# --- the penalty -------------------------------------------------------------------------------
+# --- the value's shape --------------------------------------------------------------------------
 
-SETTINGS = ObjectiveSettings(accuracy_target=0.99, time_limit=60.0, penalty_per_point=10.0)
+SETTINGS = ObjectiveSettings(accuracy_target=0.99, time_limit=12.0, penalty_per_point=1.0,
+                             max_penalty_points=1.0)
+RECIPE = 4.0  # the seed recipe's seconds here: the ceiling of every feasible value
 FEASIBLE_ACCURACIES = [0.99, 9900 / 10000, 0.9901, 0.995, 1.0]
-INFEASIBLE_ACCURACIES = [0.98999, 0.9899, 0.98, 0.9, 0.5, 0.1, 0.0]
-SECONDS = [0.0, 0.01, 1.0, 30.0, 59.999, 60.0]
+INFEASIBLE_ACCURACIES = [0.98999, 0.9899, 0.9895, 0.9890]  # within the 1-point cap, falling
+SECONDS = [0.0, 0.01, 1.0, 3.0, 3.999, 4.0]  # up to the recipe's time
+
+
+def value(accuracy: float, seconds: float) -> float:
+    return penalized_value(accuracy, seconds, SETTINGS, ceiling=RECIPE)
 
 
 def test_feasible_value_is_the_seconds() -> None:
     for accuracy in FEASIBLE_ACCURACIES:
         for seconds in SECONDS:
-            assert penalized_value(accuracy, seconds, SETTINGS) == seconds
+            assert value(accuracy, seconds) == seconds
 
 
 def test_exactly_at_target_is_feasible() -> None:
-    assert penalized_value(0.99, 5.0, SETTINGS) == 5.0
-    assert penalized_value(9900 / 10000, 5.0, SETTINGS) == 5.0
+    assert value(0.99, 2.0) == 2.0
+    assert value(9900 / 10000, 2.0) == 2.0
     settings = ObjectiveSettings(accuracy_target=0.995)
-    assert penalized_value(9950 / 10000, 5.0, settings) == 5.0
-    assert penalized_value(9949 / 10000, 5.0, settings) > settings.time_limit
+    assert penalized_value(9950 / 10000, 2.0, settings, RECIPE) == 2.0
+    assert penalized_value(9949 / 10000, 2.0, settings, RECIPE) > RECIPE
 
 
-def test_every_infeasible_value_is_worse_than_every_feasible_one() -> None:
-    worst_feasible = max(penalized_value(a, s, SETTINGS) for a in FEASIBLE_ACCURACIES for s in SECONDS)
-    best_infeasible = min(penalized_value(a, s, SETTINGS) for a in INFEASIBLE_ACCURACIES for s in SECONDS)
-    assert worst_feasible <= SETTINGS.time_limit < best_infeasible
+def test_every_infeasible_value_is_above_every_feasible_one() -> None:
+    # the dashboard's best trial goes by value alone: it must be a feasible one
+    worst_feasible = max(value(a, s) for a in FEASIBLE_ACCURACIES for s in SECONDS)
+    slower = [value(a, s) for a in FEASIBLE_ACCURACIES for s in (4.001, 5.0, 11.9)]
+    short = [value(a, s) for a in INFEASIBLE_ACCURACIES for s in [*SECONDS, 5.0]]
+    assert worst_feasible <= RECIPE < min(slower + short)
 
 
-def test_larger_shortfall_gives_larger_value() -> None:
-    values = [penalized_value(a, 1.0, SETTINGS) for a in INFEASIBLE_ACCURACIES]  # falling accuracy
-    assert values == sorted(values)
-    assert len(set(values)) == len(values)
-    # one point below the target costs penalty_per_point seconds on top of the limit
-    assert penalized_value(0.98, 1.0, SETTINGS) == pytest.approx(60.0 + 10.0)
-    assert penalized_value(0.0, 1.0, SETTINGS) == pytest.approx(60.0 + 10.0 * 99.0)
+def test_slower_than_the_recipe_at_full_accuracy_costs_its_seconds() -> None:
+    assert value(0.995, 5.0) == 5.0
 
 
-def test_infeasible_value_does_not_reward_speed() -> None:
-    assert penalized_value(0.98, 0.001, SETTINGS) == penalized_value(0.98, 59.0, SETTINGS)
+def test_larger_shortfall_gives_larger_value_up_to_the_cap() -> None:
+    values = [value(a, 1.0) for a in INFEASIBLE_ACCURACIES]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert value(0.9895, 1.0) == pytest.approx(RECIPE + 0.05 * RECIPE)  # 0.05 points: 5 % of a recipe
+    assert value(0.98, 1.0) == pytest.approx(RECIPE + RECIPE)  # the cap: 1 point
+    assert value(0.0, 1.0) == value(0.98, 1.0)
+
+
+def test_a_fast_near_miss_ranks_above_a_slow_failure() -> None:
+    near_miss = value(0.9896, 2.3)  # 0.04 points short, fast
+    assert near_miss < value(0.9896, 6.0)  # the same miss, slower
+    assert near_miss < value(0.985, 2.3)  # a worse miss, as fast
+    assert near_miss < value(0.995, 4.5)  # accurate, but slower than the recipe
+
+
+def test_the_value_is_bounded_whatever_the_run_did() -> None:
+    bound = SETTINGS.time_limit + SETTINGS.penalty_per_point * SETTINGS.max_penalty_points * RECIPE
+    for accuracy in [*INFEASIBLE_ACCURACIES, 0.5, 0.1, 0.0]:
+        for seconds in [*SECONDS, 11.9, 1e6]:
+            assert value(accuracy, seconds) <= bound
+
+
+def test_before_the_recipe_is_timed_the_time_limit_is_the_ceiling() -> None:
+    assert penalized_value(0.995, 11.0, SETTINGS) == 11.0
+    assert penalized_value(0.98, 1.0, SETTINGS) == pytest.approx(12.0 + 12.0)
 
 
 @pytest.mark.parametrize("kwargs", [
     {"accuracy_target": 0.0}, {"accuracy_target": 1.5}, {"time_limit": 0.0}, {"time_limit": -1.0},
-    {"penalty_per_point": 0.0}, {"repeats": 0}, {"budget_margin": -0.1},
+    {"time_limit": math.inf}, {"penalty_per_point": 0.0}, {"max_penalty_points": 0.0},
+    {"limit_vs_baseline": 0.0}, {"accuracy_sd": 0.0}, {"repeats": 0}, {"crown_seeds": 0},
+    {"slower_margin": -0.1},
 ])
 def test_settings_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -119,7 +148,8 @@ def test_settings_validation(kwargs: dict[str, float]) -> None:
 
 
 def test_settings_accept_the_edges() -> None:
-    assert ObjectiveSettings(accuracy_target=1.0, budget_margin=0.0, repeats=1).budget_margin == 0.0
+    settings = ObjectiveSettings(accuracy_target=1.0, slower_margin=0.0, repeats=1, crown_seeds=1)
+    assert settings.seed_rules().bar == 1.0
 
 
 # --- suggest and config_for --------------------------------------------------------------------
@@ -176,14 +206,14 @@ def test_feasible_trial_records_its_attributes(synthetic_mnist: Mnist) -> None:
     assert trial.user_attrs["train_seconds"] == pytest.approx(4.05)
     assert trial.user_attrs["diverged"] is False
     assert trial.user_attrs["fingerprint"] == FINGERPRINT
-    assert "reason" not in trial.user_attrs
+    assert trial.user_attrs["stopped"] == "a contender after 1 seed"
     config, limit = train.calls[0]
     assert trial.user_attrs["config"] == config.to_dict()
     assert TrainConfig(**trial.user_attrs["config"]) == config
     assert config.seed == BASE.seed
     assert limit == ObjectiveSettings().time_limit
-    assert trial.constraints == {"accuracy_shortfall": pytest.approx(0.99 - 0.993)}
-    assert trial.constraints["accuracy_shortfall"] <= 0
+    assert trial.constraints["accuracy_points_short"] == pytest.approx(100 * (0.99 - 0.993))
+    assert trial.constraints["slower_than_recipe"] == 0.0  # no recipe timed: no time bound
 
 
 def test_infeasible_trial_is_penalized_and_its_constraint_is_positive(synthetic_mnist: Mnist) -> None:
@@ -192,18 +222,21 @@ def test_infeasible_trial_is_penalized_and_its_constraint_is_positive(synthetic_
                    n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
-    assert trial.value == pytest.approx(50.0 + 10.0 * 2.0)
-    assert trial.constraints["accuracy_shortfall"] == pytest.approx(0.02)
-    assert trial.constraints["accuracy_shortfall"] > 0
+    assert trial.value == pytest.approx(50.0 + 1.0 * 50.0)  # 2 points short, capped at 1; no recipe timed
+    assert trial.constraints["accuracy_points_short"] == pytest.approx(2.0)
 
 
 def test_trial_constraints_are_visible_on_the_live_trial(synthetic_mnist: Mnist) -> None:
     study = make_study()
     trial = study.ask()
     value = make_objective(scripted(result(0.985, 2.0)), synthetic_mnist)(trial)
-    assert trial.constraints == {"accuracy_shortfall": pytest.approx(0.005)}
+    assert trial.constraints["accuracy_points_short"] == pytest.approx(0.5)
     study.tell(trial, value)
-    assert study.trials[0].constraints == {"accuracy_shortfall": pytest.approx(0.005)}
+    # Optuna 5's named constraints, and the list optuna-dashboard 0.21 reads (Optuna: "0", "1")
+    assert study.trials[0].constraints == {"accuracy_points_short": pytest.approx(0.5),
+                                           "slower_than_recipe": 0.0,
+                                           "0": pytest.approx(0.5), "1": 0.0}
+    assert study.trials[0].system_attrs["constraints"] == [pytest.approx(0.5), 0.0]
 
 
 def test_infeasible_trials_are_never_the_best(synthetic_mnist: Mnist) -> None:
@@ -230,101 +263,115 @@ def test_a_study_with_only_infeasible_trials_has_no_best(synthetic_mnist: Mnist)
     assert best_feasible_value(study) is None
 
 
-# --- repeats -----------------------------------------------------------------------------------
+# --- seed by seed --------------------------------------------------------------------------------
 
-def test_repeats_use_consecutive_seeds_median_seconds_and_mean_accuracy(synthetic_mnist: Mnist) -> None:
+def test_seeds_are_consecutive_and_judged_on_median_seconds_and_mean_accuracy(synthetic_mnist: Mnist) -> None:
     by_seed = {10: result(0.990, 5.0, 10), 11: result(0.994, 1.0, 11), 12: result(0.998, 3.0, 12)}
     train = FakeTrain(lambda config, call: by_seed[config.seed])
     study = make_study()
     study.optimize(make_objective(train, synthetic_mnist, repeats=3), n_trials=1)
     trial = study.trials[0]
     assert [config.seed for config, _ in train.calls] == [10, 11, 12]
-    assert len({limit for _, limit in train.calls}) == 1
-    # apart from the seed, every repeat trains the same config
-    assert len({config.replace(seed=0) for config, _ in train.calls}) == 1
-    assert trial.user_attrs["seconds"] == 3.0
-    assert trial.value == 3.0
+    assert len({config.replace(seed=0) for config, _ in train.calls}) == 1  # the same config
+    assert trial.value == trial.user_attrs["seconds"] == 3.0
     assert trial.user_attrs["accuracy"] == pytest.approx(statistics.fmean([0.990, 0.994, 0.998]))
     assert trial.user_attrs["accuracies"] == [0.990, 0.994, 0.998]
+    assert trial.user_attrs["seconds_per_seed"] == [5.0, 1.0, 3.0]
     assert trial.user_attrs["config"]["seed"] == 10
 
 
-def test_feasibility_is_judged_on_the_mean_accuracy(synthetic_mnist: Mnist) -> None:
-    # one seed below the target, the mean above it: feasible
-    runs = [result(0.985, 2.0), result(0.996, 2.0), result(0.995, 2.0)]
+def test_a_clearly_infeasible_first_seed_saves_the_other_seeds(synthetic_mnist: Mnist) -> None:
+    train = scripted(result(0.980, 2.0), result(0.999, 2.0), result(0.999, 2.0))
     study = make_study()
-    study.optimize(make_objective(scripted(*runs), synthetic_mnist, repeats=3), n_trials=1)
-    assert study.trials[0].value == 2.0
-    assert study.trials[0].constraints["accuracy_shortfall"] <= 0
+    study.optimize(make_objective(train, synthetic_mnist, repeats=3), n_trials=1)
+    trial = study.trials[0]
+    assert len(train.calls) == 1
+    assert trial.state == TrialState.COMPLETE  # decided, so the sampler learns from it
+    assert trial.user_attrs["stopped"].startswith("clearly infeasible after 1 seed")
+    assert trial.constraints["accuracy_points_short"] > 0
 
 
-def test_repeats_exactly_at_target_are_feasible(synthetic_mnist: Mnist) -> None:
-    # float means of runs on the target can land an ulp below it (fmean([0.99] * 3) < 0.99)
-    runs = [result(9900 / 10000, 4.0)] * 3 + [result(0.9905, 4.0), result(0.9895, 4.0), result(0.99, 4.0)]
+def test_a_trial_clearly_slower_than_the_best_stops_after_one_seed(synthetic_mnist: Mnist) -> None:
+    train = scripted(result(0.995, 2.0), result(0.995, 9.0), result(0.995, 9.0))
     study = make_study()
-    study.optimize(make_objective(scripted(*runs), synthetic_mnist, repeats=3), n_trials=2)
-    for trial in study.trials:
-        assert trial.value == 4.0
-        assert trial.constraints["accuracy_shortfall"] <= 0
-    assert best_feasible_value(study) == 4.0
+    study.optimize(make_objective(train, synthetic_mnist), n_trials=1)  # the best: 2.0 s
+    study.optimize(make_objective(train, synthetic_mnist, repeats=2), n_trials=1)
+    assert len(train.calls) == 2
+    slow = study.trials[1]
+    assert slow.user_attrs["stopped"].startswith("clearly slower after 1 seed")
+    assert slow.value == 9.0  # a real, honest time
 
 
-def test_diverged_repeat_flags_the_trial(synthetic_mnist: Mnist) -> None:
+def test_the_crown_guard_runs_a_would_be_best_trial_on_more_seeds(synthetic_mnist: Mnist) -> None:
+    train = FakeTrain(lambda config, call: result(0.995, 2.0, config.seed))
+    study = make_study()
+    study.optimize(make_objective(train, synthetic_mnist, repeats=2, crown_seeds=5), n_trials=1)
+    trial = study.trials[0]
+    assert [config.seed for config, _ in train.calls] == [10, 11, 12, 13, 14]
+    assert trial.user_attrs["stopped"] == "crowned: held the bar and its speed over 5 seeds"
+    assert len(trial.user_attrs["accuracies"]) == 5
+    assert study.best_trial.number == 0
+
+
+def test_a_lucky_start_loses_the_crown_and_never_becomes_the_best(synthetic_mnist: Mnist) -> None:
+    # first trial: the best at 5 s; the second is feasible and faster on 2 seeds, then falls short
+    runs = [result(0.995, 5.0)] * 6 + [result(0.9925, 2.0)] * 2 + [result(0.9880, 2.0)] * 4
+    train = scripted(*runs)
+    study = make_study()
+    objective = make_objective(train, synthetic_mnist, accuracy_margin=0.002, repeats=2, crown_seeds=6)
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].user_attrs["stopped"].startswith("crowned")
+    study.optimize(objective, n_trials=1)
+    second = study.trials[1]
+    assert second.user_attrs["stopped"].startswith("clearly infeasible")
+    assert second.constraints["accuracy_points_short"] > 0
+    assert study.best_trial.number == 0
+
+
+def test_prepared_trials_also_see_the_best_of_this_workers_last_trial(synthetic_mnist: Mnist) -> None:
+    """With --prefetch, trial 1 is prepared (its best read from the storage) before trial 0 is
+    told; it is still judged against trial 0's time."""
+    train = scripted(result(0.995, 2.0), result(0.995, 20.0))
+    study = make_study()
+    objective = make_objective(train, synthetic_mnist, repeats=2)
+    first, second = study.ask(), study.ask()
+    planned = objective.prepare(first), objective.prepare(second)  # both before any result
+    assert [plan.best for plan in planned] == [None, None]
+    objective.run(planned[0])  # one seed 2.0 s, one 20.0 s: median 11 s, feasible
+    assert objective.own_best == pytest.approx(11.0)
+
+
+def test_diverged_seed_flags_the_trial(synthetic_mnist: Mnist) -> None:
     runs = [result(0.995, 2.0), result(0.098, 0.3, diverged=True)]
     study = make_study()
     study.optimize(make_objective(scripted(*runs), synthetic_mnist, repeats=2), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["diverged"] is True
-    assert trial.user_attrs["reason"].startswith("diverged")
-    assert trial.value > ObjectiveSettings().time_limit
-    assert trial.constraints["accuracy_shortfall"] > 0
+    assert trial.user_attrs["stopped"].startswith("diverged on seed")
+    assert trial.constraints["accuracy_points_short"] > 0
 
 
-# --- time limit and time-budget pruning --------------------------------------------------------
+# --- the time limit -----------------------------------------------------------------------------
 
-def test_over_time_run_is_pruned_with_a_reason(synthetic_mnist: Mnist) -> None:
+def test_over_time_run_is_pruned_with_its_finished_seeds_as_intermediate(synthetic_mnist: Mnist) -> None:
+    train = scripted(result(0.995, 1.0), result(0.995, 13.0, over_time=True), result(0.995, 1.0))
     study = make_study()
-    objective = make_objective(scripted(result(0.995, 12.5, over_time=True)), synthetic_mnist,
-                               time_limit=12.0)
-    study.optimize(objective, n_trials=1)
+    study.optimize(make_objective(train, synthetic_mnist, repeats=3, time_limit=12.0), n_trials=1)
     trial = study.trials[0]
+    assert len(train.calls) == 2  # the third seed was never trained
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["reason"] == "time budget: passed 12.000 s"
-    assert trial.user_attrs["accuracy"] == 0.995  # still recorded
+    assert trial.user_attrs["stopped"].startswith("over the time limit on seed")
+    assert trial.intermediate_values == {1: 1.0}  # the value of the one finished seed
     with pytest.raises(ValueError):
         _ = study.best_trial  # a pruned trial never wins
 
 
 def test_over_time_raises_trial_pruned_when_called_directly(synthetic_mnist: Mnist) -> None:
     trial = make_study().ask()
-    objective = make_objective(scripted(result(0.995, 1.0), result(0.995, 130.0, over_time=True)),
-                               synthetic_mnist, repeats=2)
-    with pytest.raises(optuna.TrialPruned, match="time budget"):
+    objective = make_objective(scripted(result(0.995, 130.0, over_time=True)), synthetic_mnist)
+    with pytest.raises(optuna.TrialPruned, match=r"time limit: passed 120\.000 s"):
         objective(trial)
-
-
-def test_a_run_over_time_stops_the_trial_without_the_remaining_seeds(synthetic_mnist: Mnist) -> None:
-    train = scripted(result(0.995, 1.0), result(0.995, 13.0, over_time=True), result(0.995, 1.0))
-    study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, repeats=3, time_limit=12.0), n_trials=1)
-    assert len(train.calls) == 2  # the third seed was never trained: the trial cost <= 1 s + 12 s
-    assert study.trials[0].state == TrialState.PRUNED
-    assert study.trials[0].user_attrs["accuracies"] == [0.995, 0.995]
-
-
-def test_prepared_trials_also_get_the_budget_of_this_workers_last_trial(synthetic_mnist: Mnist) -> None:
-    """With --prefetch, trial 1 is prepared (its limit read from the storage) before trial 0 is
-    told; the limit it trains under still comes from trial 0's feasible time."""
-    train = scripted(result(0.995, 10.0), result(0.995, 20.0))
-    study = make_study()
-    objective = make_objective(train, synthetic_mnist, time_limit=100.0, budget_margin=0.5)
-    first, second = study.ask(), study.ask()
-    planned = objective.prepare(first), objective.prepare(second)  # both before any result
-    assert [plan.time_limit for plan in planned] == [100.0, 100.0]
-    objective.run(planned[0])
-    assert objective.run(planned[1]).time_limit == pytest.approx(15.0)
-    assert [limit for _, limit in train.calls] == pytest.approx([100.0, 15.0])
 
 
 def test_diverged_and_over_time_is_completed_not_pruned(synthetic_mnist: Mnist) -> None:
@@ -333,47 +380,67 @@ def test_diverged_and_over_time_is_completed_not_pruned(synthetic_mnist: Mnist) 
                                   synthetic_mnist), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
-    assert trial.user_attrs["reason"].startswith("diverged")
-    assert trial.value > ObjectiveSettings().time_limit
+    assert trial.user_attrs["stopped"].startswith("diverged")
 
 
-def test_without_budget_margin_the_limit_stays_fixed(synthetic_mnist: Mnist) -> None:
-    train = scripted(result(0.995, 10.0), result(0.995, 5.0), result(0.995, 7.0))
+def test_the_seed_recipe_sets_the_time_limit(synthetic_mnist: Mnist) -> None:
+    train = FakeTrain(lambda config, call: result(0.995, 4.0, config.seed))
+    objective = make_objective(train, synthetic_mnist, time_limit=100.0, limit_vs_baseline=3.0)
+    assert objective.time_limit() == 100.0  # nothing measured yet
+    assert objective.measure_baseline() == 4.0
+    assert train.calls[0][0] == BASE  # the base config itself: the seed recipe
+    assert objective.time_limit() == 12.0
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, time_limit=100.0), n_trials=3)
-    assert [limit for _, limit in train.calls] == [100.0, 100.0, 100.0]
+    study.optimize(objective, n_trials=1)
+    assert train.calls[1][1] == 12.0
+    assert study.trials[0].user_attrs["vs_baseline"] == pytest.approx(1.0)
 
 
-def test_budget_margin_shrinks_the_limit_once_a_feasible_trial_exists(synthetic_mnist: Mnist) -> None:
-    train = scripted(
-        result(0.5, 3.0),     # infeasible: no budget from it
-        result(0.995, 10.0),  # feasible: best 10 -> limit 15
-        result(0.98, 2.0),    # infeasible, faster: still 15
-        result(0.995, 8.0),   # feasible, better: best 8 -> limit 12
-        result(0.995, 9.0),   # feasible, worse: stays 12
-        result(0.995, 1.0),
-    )
+def test_the_seed_recipe_is_the_time_to_beat_before_any_feasible_trial(synthetic_mnist: Mnist) -> None:
+    # the recipe takes 4 s here: a feasible 5 s trial is clearly slower, not crowned
+    train = scripted(result(0.99, 4.0), result(0.995, 5.0), result(0.995, 3.0), result(0.995, 3.0))
+    objective = make_objective(train, synthetic_mnist, repeats=2, crown_seeds=3)
+    objective.measure_baseline()
     study = make_study()
-    objective = make_objective(train, synthetic_mnist, time_limit=100.0, budget_margin=0.5)
-    study.optimize(objective, n_trials=6)
-    limits = [limit for _, limit in train.calls]
-    assert limits == pytest.approx([100.0, 100.0, 15.0, 15.0, 12.0, 12.0])
-    assert objective.time_limit(study) == pytest.approx(1.5)
+    study.optimize(objective, n_trials=1)
+    stopped = study.trials[0].user_attrs["stopped"]
+    assert stopped == "clearly slower after 1 seed: 5.000 s against 4.000 s to beat"
+    assert study.trials[0].user_attrs["vs_baseline"] == pytest.approx(1.25)
 
 
-def test_budget_margin_never_raises_the_limit(synthetic_mnist: Mnist) -> None:
-    train = scripted(result(0.995, 10.0), result(0.995, 10.0))
+def test_feasible_means_dominating_the_seed_recipe(synthetic_mnist: Mnist) -> None:
+    # recipe 4 s; the trials: accurate and faster, accurate and slower, fast and short of the bar
+    train = scripted(result(0.99, 4.0), result(0.995, 3.0), result(0.995, 4.2), result(0.985, 2.0))
+    objective = make_objective(train, synthetic_mnist)
+    objective.measure_baseline()
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, time_limit=12.0, budget_margin=1.0), n_trials=2)
-    assert [limit for _, limit in train.calls] == [12.0, 12.0]
+    study.optimize(objective, n_trials=3)
+    faster, slower, short = (trial.constraints for trial in study.trials)
+    assert faster["accuracy_points_short"] <= 0 and faster["slower_than_recipe"] == pytest.approx(-0.25)
+    assert slower["accuracy_points_short"] <= 0 and slower["slower_than_recipe"] == pytest.approx(0.05)
+    assert short["accuracy_points_short"] == pytest.approx(0.5) and short["slower_than_recipe"] < 0
+    assert study.best_trial.number == 0
+    assert study.best_trial.user_attrs["vs_baseline"] == pytest.approx(0.75)
 
 
-def test_pruned_trials_do_not_set_the_budget(synthetic_mnist: Mnist) -> None:
-    train = scripted(result(0.995, 2.0, over_time=True), result(0.995, 50.0))
+def test_the_yardstick_is_timed_again_once_it_is_stale(synthetic_mnist: Mnist) -> None:
+    train = FakeTrain(lambda config, call: result(0.995, 4.0 if call == 0 else 2.0, config.seed))
+    objective = make_objective(train, synthetic_mnist)
+    objective.measure_baseline()
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, time_limit=100.0, budget_margin=0.1),
-                   n_trials=2)
-    assert [limit for _, limit in train.calls] == [100.0, 100.0]
+    study.optimize(objective, n_trials=1)
+    assert len(train.calls) == 2 and objective.baseline_seconds == 4.0  # fresh: not timed again
+    objective.baseline_measured_at -= YARDSTICK_EVERY + 1
+    study.optimize(objective, n_trials=1)
+    assert [config for config, _ in train.calls].count(BASE) == 2  # the recipe again, then the trial
+    assert objective.baseline_seconds == 2.0
+    assert study.trials[1].user_attrs["baseline_seconds"] == 2.0
+
+
+def test_the_spec_limit_caps_the_baseline_limit(synthetic_mnist: Mnist) -> None:
+    objective = make_objective(scripted(result(0.995, 50.0)), synthetic_mnist, time_limit=60.0)
+    objective.measure_baseline()
+    assert objective.time_limit() == 60.0
 
 
 # --- the real training run through Optuna ------------------------------------------------------
@@ -391,15 +458,15 @@ def test_real_training_through_study_optimize(synthetic_mnist: Mnist) -> None:
         assert attrs["fingerprint"]["device_type"] == "cpu"
         assert attrs["config"]["conv1_kernel"] == trial.params["conv1_kernel"]
         assert attrs["config"]["lr"] == trial.params["lr"]
-        assert trial.value == penalized_value(attrs["accuracy"], attrs["seconds"], settings)
+        assert trial.value == penalized_value(attrs["accuracy"], attrs["seconds"], settings, None)
         assert math.isfinite(trial.value)
-        assert trial.constraints["accuracy_shortfall"] == pytest.approx(0.99 - attrs["accuracy"])
+        assert trial.constraints["accuracy_points_short"] == pytest.approx(100 * (0.99 - attrs["accuracy"]))
 
 
 def test_accuracy_margin_raises_the_bar_for_feasibility() -> None:
     settings = ObjectiveSettings(accuracy_target=0.99, accuracy_margin=0.001, time_limit=60.0)
     assert settings.required_accuracy == 0.991
-    assert penalized_value(0.991, 2.0, settings) == 2.0
-    assert penalized_value(0.9905, 2.0, settings) > 60.0
+    assert penalized_value(0.991, 2.0, settings, RECIPE) == 2.0
+    assert penalized_value(0.9905, 2.0, settings, RECIPE) == pytest.approx(RECIPE + 0.05 * RECIPE)
     with pytest.raises(ValueError, match="accuracy_margin"):
         ObjectiveSettings(accuracy_target=0.99, accuracy_margin=0.02)

@@ -25,9 +25,12 @@ import optuna
 import pytest
 import torch
 
+from objective.config import TrainConfig
 from objective.data import Mnist
-from objective.objective import Objective
+from objective.objective import METRIC_NAME, Objective
+from objective.trainer import RunResult
 from search import export
+from studies.note import study_note
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import FAST, Spawn, account
@@ -144,9 +147,20 @@ def synthetic_mnist(n_train: int = 256, n_test: int = 200) -> Mnist:
 def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = load_spec(SMOKE_SPEC)
-    study, created = create_or_load(spec, open_storage(url, heartbeat=False), sampler_seed=0)
+    note = study_note(spec, baseline_seconds=1.234, device="test cpu")
+    study, created = create_or_load(spec, open_storage(url, heartbeat=False), sampler_seed=0, note=note)
     assert created
-    objective = Objective(spec.space, spec.base, spec.objective, synthetic_mnist())
+    # Scripted runs (smoke's bar is 90 %): the recipe takes 1 s here; then a feasible 0.5 s trial,
+    # an infeasible trial that ran faster, and a feasible one slower than the recipe.
+    runs = iter([(0.92, 1.0), (0.95, 0.5), (0.85, 0.2), (0.95, 1.2)])
+
+    def train(config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+        accuracy, seconds = next(runs)
+        return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds, train_seconds=seconds,
+                         steps=1, diverged=False, over_time=False, fingerprint={"device": "test cpu"})
+
+    objective = Objective(spec.space, spec.base, spec.objective, synthetic_mnist(), train=train)
+    objective.measure_baseline()
     study.optimize(objective, n_trials=3)
     stored = study.get_trials()
 
@@ -169,7 +183,16 @@ def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
         assert baseline["baseline"] == "True"  # create_or_load enqueued the seed recipe first
         assert {"accuracy", "seconds", "fingerprint", "config"} <= \
             {a["key"] for a in detail["union_user_attrs"]}
-        assert len(detail["best_trials"]) == 1
+
+        # what a person browsing sees: the objective's name, the study's note, and feasibility
+        assert detail["objective_names"] == [METRIC_NAME]
+        assert detail["note"]["body"] == note and "Crown guard" in note and "1.234 s" in note
+        for served, trial in zip(detail["trials"], stored, strict=True):
+            named = [trial.constraints["accuracy_points_short"], trial.constraints["slower_than_recipe"]]
+            assert served["constraints"] == pytest.approx(named)
+        feasible = [t["number"] for t in detail["trials"] if all(c <= 0 for c in t["constraints"])]
+        assert feasible == [0]  # trial 1 missed the bar, trial 2 was slower than the recipe
+        assert [t["number"] for t in detail["best_trials"]] == [0]  # not trial 1, which ran faster
 
         status, tail = get(base, f"/api/studies/{sid}?after=2")  # only trials from number 2 on
         assert status == 200 and [t["number"] for t in tail["trials"]] == [2]

@@ -49,10 +49,24 @@ def test_sampler_is_built_with_the_given_seed() -> None:
     assert isinstance(spec.make_sampler(3), optuna.samplers.RandomSampler)
 
 
-def test_time_budget_pruner_sets_the_margin() -> None:
-    spec = parse_spec({**minimal(), "pruner": {"name": "time_budget", "margin": 0.1}})
-    assert spec.objective.budget_margin == 0.1
-    assert parse_spec(minimal()).objective.budget_margin is None
+def test_seed_rules_and_budget_in_minutes() -> None:
+    spec = parse_spec({**minimal(), "study": {"name": "s", "minutes": 14},
+                       "objective": {"repeats": 3, "crown_seeds": 10, "slower_margin": 0.2}})
+    assert spec.minutes == 14.0
+    rules = spec.objective.seed_rules()
+    assert (rules.repeats, rules.crown_seeds, rules.slower_margin) == (3, 10, 0.2)
+    assert parse_spec(minimal()).minutes is None
+
+
+def test_start_points_are_enqueued_over_the_baseline_after_it() -> None:
+    space = minimal(lr={"type": "float", "low": 0.001, "high": 0.1},
+                    batch_size={"type": "categorical", "choices": [128, 256]},
+                    conv1_width={"type": "int", "low": 8, "high": 32, "step": 8})
+    spec = parse_spec({**space, "start": [{"lr": 0.02, "batch_size": 256}, {"conv1_width": 16}]})
+    baseline, first, second = spec.start_params()
+    assert baseline == spec.baseline_params()
+    assert first == {**baseline, "lr": 0.02, "batch_size": 256}
+    assert second == {**baseline, "conv1_width": 16}
 
 
 @pytest.mark.parametrize(
@@ -84,7 +98,13 @@ def test_time_budget_pruner_sets_the_margin() -> None:
         ({"study": {"name": "s"}, "params": {}}, "[params] is empty"),
         ({**minimal(), "sampler": {"name": "annealing"}}, "unknown sampler"),
         ({**minimal(), "sampler": {"name": "tpe", "n_startup": 3}}, "bad option"),
-        ({**minimal(), "pruner": {"name": "median"}}, "unknown pruner"),
+        ({**minimal(), "pruner": {"name": "median"}}, "unknown key(s) pruner"),
+        ({**minimal(), "objective": {"crown_seeds": 0}}, "crown_seeds must be >= 1"),
+        ({**minimal(), "study": {"name": "s", "minutes": 0}}, "minutes must be > 0"),
+        ({**minimal(), "start": {"lr": 0.02}}, "array of tables"),
+        ({**minimal(), "start": [{}]}, "[[start]] #1 is empty"),
+        ({**minimal(), "start": [{"lr": 0.5}]}, "lr=0.5 is outside [params.lr]"),
+        ({**minimal(), "start": [{"epochs": 2.0}]}, "unknown key(s) epochs"),
         ({**minimal(), "objective": {"accuracy_target": 1.5}}, "accuracy_target"),
         ({**minimal(), "objective": {"repeats": 0}}, "repeats must be >= 1"),
         ({**minimal(), "objective": {"target": 0.99}}, "unknown key(s) target"),

@@ -1,0 +1,130 @@
+"""The seed-by-seed stopping rule and the crown guard, on synthetic runs (no training)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from objective.seeds import SeedRules, is_contender, mean_accuracy, median_seconds, stop_reason
+from objective.trainer import RunResult
+
+RULES = SeedRules(bar=0.9915, repeats=3, crown_seeds=10, accuracy_sd=0.0007, slower_margin=0.1)
+
+
+def runs(*pairs: tuple[float, float], diverged: bool = False, over_time: bool = False) -> list[RunResult]:
+    """(accuracy, seconds) per seed; the flags apply to the last one."""
+    out = [RunResult(seed=index, accuracy=accuracy, seconds=seconds, train_seconds=seconds, steps=1,
+                     diverged=False, over_time=False) for index, (accuracy, seconds) in enumerate(pairs)]
+    last = out[-1]
+    out[-1] = RunResult(seed=last.seed, accuracy=last.accuracy, seconds=last.seconds,
+                        train_seconds=last.seconds, steps=1, diverged=diverged, over_time=over_time)
+    return out
+
+
+def test_a_seed_far_below_the_bar_stops_the_trial_at_once() -> None:
+    # 99.00 %: even two standard errors (0.14 points) above it is below 99.15 %
+    assert stop_reason(runs((0.9900, 3.0)), RULES, to_beat=None).startswith("clearly infeasible after 1 seed")
+
+
+def test_a_seed_near_the_bar_goes_on() -> None:
+    assert stop_reason(runs((0.9905, 3.0)), RULES, to_beat=None) is None
+    assert stop_reason(runs((0.9905, 3.0), (0.9910, 3.0)), RULES, to_beat=None) is None
+
+
+def test_the_bound_tightens_with_each_seed() -> None:
+    # 99.06 % is within reach after one seed (99.06 + 0.14 > 99.15), not after three (+0.08)
+    assert stop_reason(runs((0.9906, 3.0)), RULES, to_beat=None) is None
+    reason = stop_reason(runs((0.9906, 3.0), (0.9906, 3.0), (0.9906, 3.0)), RULES, to_beat=None)
+    assert reason.startswith("clearly infeasible after 3 seeds")
+
+
+def test_clearly_slower_than_the_best_stops_after_one_seed() -> None:
+    reason = stop_reason(runs((0.9950, 3.4)), RULES, to_beat=3.0)
+    assert reason.startswith("clearly slower after 1 seed")
+
+
+def test_within_the_noise_margin_of_the_best_goes_on() -> None:
+    assert stop_reason(runs((0.9950, 3.2)), RULES, to_beat=3.0) is None  # 6.7 % slower: noise
+
+
+def test_a_feasible_trial_slower_than_the_best_is_decided_at_repeats() -> None:
+    three = runs((0.9950, 3.1), (0.9950, 3.1), (0.9950, 3.1))
+    assert not is_contender(three, RULES, to_beat=3.0)
+    assert stop_reason(three, RULES, to_beat=3.0) == "decided after 3 seeds"
+
+
+def test_a_trial_below_the_bar_at_repeats_is_decided() -> None:
+    three = runs((0.9912, 2.0), (0.9914, 2.0), (0.9913, 2.0))  # within reach each time, below at the end
+    assert stop_reason(three[:2], RULES, to_beat=None) is None
+    assert stop_reason(three, RULES, to_beat=None) == "decided after 3 seeds"
+
+
+def test_a_contender_runs_on_to_the_crown_seeds() -> None:
+    good = [(0.9920, 2.0)] * 10
+    for k in range(3, 10):  # the crown guard: feasible and faster than the best at 3..9 seeds
+        assert is_contender(runs(*good[:k]), RULES, to_beat=3.0)
+        assert stop_reason(runs(*good[:k]), RULES, to_beat=3.0) is None
+    assert stop_reason(runs(*good), RULES, to_beat=3.0).startswith("crowned: held the bar")
+
+
+def test_the_crown_guard_judges_a_contender_on_all_its_seeds() -> None:
+    # dips below the bar at 5 seeds (within reach, so it goes on), ends below it at 10
+    short = [(0.9920, 2.0)] * 3 + [(0.9900, 2.0)] * 2 + [(0.9914, 2.0)] * 5
+    assert stop_reason(runs(*short[:5]), RULES, to_beat=3.0) is None
+    assert stop_reason(runs(*short), RULES, to_beat=3.0) == "lost the crown guard after 10 seeds"
+
+
+def test_the_first_feasible_trial_is_a_contender() -> None:
+    assert is_contender(runs((0.9920, 9.0), (0.9920, 9.0), (0.9920, 9.0)), RULES, to_beat=None)
+
+
+def test_the_crown_guard_stops_a_lucky_start_that_falls_below_the_bar() -> None:
+    lucky = [(0.9925, 2.0)] * 3 + [(0.9895, 2.0)] * 7  # three lucky seeds, then its true level
+    stopped_at = next(k for k in range(1, 11) if stop_reason(runs(*lucky[:k]), RULES, to_beat=3.0))
+    final = runs(*lucky[:stopped_at])
+    assert 3 < stopped_at < 10
+    assert stop_reason(final, RULES, to_beat=3.0).startswith("clearly infeasible")
+    assert mean_accuracy(final) < RULES.bar  # never reaches the study as feasible
+
+
+def test_the_crown_guard_stops_a_lucky_fast_clock() -> None:
+    lucky = [(0.9920, 2.0)] * 3 + [(0.9920, 3.6)] * 7  # a fast first minute, then its true speed
+    stopped_at = next(k for k in range(1, 11) if stop_reason(runs(*lucky[:k]), RULES, to_beat=3.0))
+    assert stop_reason(runs(*lucky[:stopped_at]), RULES, to_beat=3.0).startswith("clearly slower")
+    assert median_seconds(runs(*lucky[:stopped_at])) > 3.0
+
+
+def test_diverged_and_over_time_end_the_trial() -> None:
+    diverged = runs((0.995, 1.0), (0.1, 0.2), diverged=True)
+    assert stop_reason(diverged, RULES, to_beat=None) == "diverged on seed 1"
+    over_time = runs((0.995, 12.0), over_time=True)
+    assert stop_reason(over_time, RULES, to_beat=None) == "over the time limit on seed 0"
+
+
+def test_without_a_crown_guard_a_contender_stops_at_repeats() -> None:
+    rules = SeedRules(bar=0.99, repeats=1, crown_seeds=1)
+    assert stop_reason(runs((0.995, 1.0)), rules, to_beat=None) == "a contender after 1 seed"
+
+
+def test_mean_of_runs_exactly_on_the_bar_is_on_the_bar() -> None:
+    assert mean_accuracy(runs((0.99, 1.0), (0.99, 1.0), (0.99, 1.0))) >= 0.99  # fmean alone is 1 ulp below
+
+
+@pytest.mark.parametrize(("true_mean", "crowned_at_most"), [(0.9905, 0.02), (0.9910, 0.05)])
+def test_configs_below_the_bar_are_rarely_crowned(true_mean: float, crowned_at_most: float) -> None:
+    """Simulated searches: configs whose true mean is below the bar, 0.07-point seed noise. The
+    crown guard lets few of them become the best, and the crowned ones report a mean close to the
+    truth, not the lucky first seeds'."""
+    rng = random.Random(0)
+    crowned = []
+    for _ in range(2000):
+        seeds: list[tuple[float, float]] = []
+        while True:
+            seeds.append((round(rng.gauss(true_mean, 0.0007), 4), 2.0))
+            reason = stop_reason(runs(*seeds), RULES, to_beat=3.0)
+            if reason is not None:
+                break
+        if reason.startswith("crowned"):
+            crowned.append(mean_accuracy(runs(*seeds)))
+    assert len(crowned) / 2000 <= crowned_at_most

@@ -16,9 +16,11 @@ reported the winner's accuracy within 0.05 points of the fresh-seed mean and its
 10 % of the fresh-seed median.
 
     python benchmarks/bench_search_outcome.py [--sampler-seeds 0,1,2] [--verify 10]
-        [--sampler tpe|gp|cmaes|random] [--json FILE]
+        [--sampler tpe|gp|cmaes|random] [--json FILE] [--keep DIR]
 
---sampler runs the spec with another [sampler] name (the comparison in docs/search.md).
+--sampler runs the spec with another [sampler] name (the comparison in docs/search.md); --keep
+leaves each search's SQLite study in DIR for a look (optuna-dashboard, search.report).
+A search that ends with no feasible trial is a row that says so, and counts as missed.
 """
 
 from __future__ import annotations
@@ -95,23 +97,27 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median_seconds": statistics.median(r["seconds"] for r in runs)}
 
 
-def one_search(args: argparse.Namespace, sampler_seed: int, seeds: list[int]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as scratch:
-        url = f"sqlite:///{scratch}/outcome.db"
-        wall = search(args, url, sampler_seed, spec_file(args, scratch))
-        out = Path(scratch) / "best.json"
-        run([sys.executable, "-m", "search.export", "--storage", url, "--study", "mnist_fast",
-             "--out", str(out)])
-        best = json.loads(out.read_text())
-        counts = json.loads(run([sys.executable, "-c", STUDY_COUNTS, url]))
+def one_search(args: argparse.Namespace, sampler_seed: int, seeds: list[int], scratch: str) -> dict[str, Any]:
+    database = Path(scratch) / f"search-{args.sampler or 'spec'}-{sampler_seed}.db"
+    database.unlink(missing_ok=True)  # a fresh study, even in a --keep folder used before
+    url = f"sqlite:///{database}"
+    wall = search(args, url, sampler_seed, spec_file(args, scratch))
+    counts = json.loads(run([sys.executable, "-c", STUDY_COUNTS, url]))
+    result: dict[str, Any] = {"sampler": args.sampler or "spec's", "sampler_seed": sampler_seed,
+                              "search_wall_seconds": wall, "trials": counts, "storage": url}
+    out = Path(scratch) / f"best-{sampler_seed}.json"
+    exported = subprocess.run([sys.executable, "-m", "search.export", "--storage", url, "--study",
+                               "mnist_fast", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    if exported.returncode != 0:  # no feasible trial: nothing dominated the recipe
+        return {**result, "winner": None, "why": exported.stderr.strip()[-300:],
+                "passes": {"a winner exists": False}}
+    best = json.loads(out.read_text())
     runs = interleaved(best["config"], seeds, args.data_dir)
     reference = json.loads(run([sys.executable, args.reference, "--data-dir", args.data_dir, "--seeds",
                                 ",".join(map(str, seeds)), "--device", "cpu", "--json"]).splitlines()[-1])
     winner, recipe = summary(runs["winner"]), summary(runs["recipe"])
     metrics = best["metrics"]
-    result = {
-        "sampler": args.sampler or "spec's", "sampler_seed": sampler_seed,
-        "search_wall_seconds": wall, "trials": counts,
+    result.update({
         "trial": best["trial"], "config": {k: v for k, v in best["config"].items() if k in SEARCHED},
         "study_accuracy": metrics["accuracy"], "study_seconds": metrics["seconds"],
         "study_seeds": len(metrics.get("accuracies") or []),
@@ -125,7 +131,7 @@ def one_search(args: argparse.Namespace, sampler_seed: int, seeds: list[int]) ->
         "accuracy_gap_points": 100 * (metrics["accuracy"] - winner["mean_accuracy"]),
         "seconds_gap": metrics["seconds"] / winner["median_seconds"] - 1,
         "runs": runs,
-    }
+    })
     result["passes"] = {
         "seeds >= 99 %: >= 9/10": winner["passed"] >= 0.9 * winner["seeds"],
         "mean >= 99.05 %": winner["mean_accuracy"] >= 0.9905,
@@ -153,6 +159,10 @@ def print_table(results: list[dict[str, Any]], seeds: list[int]) -> None:
           "| all met |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        if r["winner"] is None:
+            print(f"| {r['sampler_seed']} | {r['search_wall_seconds'] / 60:.1f} min | "
+                  f"{sum(r['trials'].values())} | no feasible trial | | | | | | | | | | NO |")
+            continue
         w, c = r["winner"], r["recipe"]
         print(f"| {r['sampler_seed']} | {r['search_wall_seconds'] / 60:.1f} min | "
               f"{sum(r['trials'].values())} | #{r['trial']}: {100 * r['study_accuracy']:.3f} %, "
@@ -163,13 +173,15 @@ def print_table(results: list[dict[str, Any]], seeds: list[int]) -> None:
               f"{r['reference']['median_seconds']:.3f} | {r['accuracy_gap_points']:+.3f} pt | "
               f"{100 * r['seconds_gap']:+.1f} % | {'yes' if all(r['passes'].values()) else 'NO'} |")
     for r in results:
-        print(f"\nsampler seed {r['sampler_seed']}: {json.dumps(r['config'])}")
+        print(f"\nsampler seed {r['sampler_seed']}: {json.dumps(r.get('config') or r['why'])}")
         failed = [name for name, ok in r["passes"].items() if not ok]
         print("  missed: " + (", ".join(failed) if failed else "nothing"))
-    ratios = [r["ratio"] for r in results]
-    means = [100 * r["winner"]["mean_accuracy"] for r in results]
-    print(f"\nspread over {len(results)} searches: ratio {min(ratios):.2f}-{max(ratios):.2f}x, "
-          f"fresh mean {min(means):.3f}-{max(means):.3f} %")
+    found = [r for r in results if r["winner"] is not None]
+    if found:
+        ratios = [r["ratio"] for r in found]
+        means = [100 * r["winner"]["mean_accuracy"] for r in found]
+        print(f"\nspread over {len(found)} of {len(results)} searches with a winner: ratio "
+              f"{min(ratios):.2f}-{max(ratios):.2f}x, fresh mean {min(means):.3f}-{max(means):.3f} %")
 
 
 def main() -> None:
@@ -183,18 +195,22 @@ def main() -> None:
                         help="override the spec's [sampler] name")
     parser.add_argument("--reference", default=str(REFERENCE))
     parser.add_argument("--json", metavar="FILE", help="also write every figure and run here")
+    parser.add_argument("--keep", metavar="DIR", help="keep each search's SQLite study here")
     args = parser.parse_args()
     if not Path(args.reference).is_file():  # checked now, not after the searches
         parser.error(f"no reference script at {args.reference} (pass --reference)")
     sampler_seeds = [int(part) for part in args.sampler_seeds.split(",")]
     seeds = list(range(FIRST_FRESH_SEED, FIRST_FRESH_SEED + args.verify))
     results = []
-    for sampler_seed in sampler_seeds:
-        results.append(one_search(args, sampler_seed, seeds))
-        print(f"search with sampler seed {sampler_seed} done: ratio {results[-1]['ratio']:.2f}x",
-              file=sys.stderr, flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or scratch
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for sampler_seed in sampler_seeds:
+            results.append(one_search(args, sampler_seed, seeds, str(Path(folder).resolve())))
+            print(f"search with sampler seed {sampler_seed} done: {results[-1]['passes']}",
+                  file=sys.stderr, flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
     print_table(results, seeds)
 
 

@@ -59,7 +59,8 @@ def main() -> None:
         median = statistics.median(seconds for seconds, _ in results)
         accuracies = [accuracy for _, accuracy in results]
         passed = sum(accuracy >= 0.99 for accuracy in accuracies)
-        print(f"| {name} | {median:.3f} | {median / recipe:.2f}x | {100 * statistics.fmean(accuracies):.3f} % "
+        mean = 100 * statistics.fmean(accuracies)
+        print(f"| {name} | {median:.3f} | {median / recipe:.2f}x | {mean:.3f} % "
               f"| {100 * statistics.stdev(accuracies):.3f} | {passed}/{len(results)} |")
 
 

@@ -159,7 +159,7 @@ class Worker:
     device: torch.device
     claim: DeviceClaim | None
     trial_attrs: dict[str, Any]  # stored on every trial this worker runs
-    deadline: float | None  # time.time() past which no trial starts: the spec's [study] minutes
+    deadline: float | None = None  # time.time() past which no trial starts: [study] minutes
 
 
 def default_spec() -> str:
@@ -184,8 +184,8 @@ def device_key(device: torch.device) -> str:
 
 
 def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
-    """Everything that can fail on bad input happens here, and the storage is touched last: a bad
-    spec, device or data folder never leaves a half-made study behind."""
+    """Everything that can fail on bad input happens here, and the study is made last: a bad spec,
+    device, data folder or storage URL never leaves a half-made study behind."""
     spec = load_spec(args.spec or default_spec())
     name = validate_study_name(args.study) if args.study else spec.name
     url = resolve_url(args.storage)
@@ -202,14 +202,16 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
                              label=str(device), keep_waiting=lambda: not stop.requested, on_wait=log.info)
     with stop.interruptible():
         data = load_resident(resolve_root(args.data_dir), device)
+    storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
+                                           grace_period=args.grace_period),
+                              Retry(patience=args.db_patience))
+    # The yardstick goes into the new study's note, so it is timed before the study is made, and
+    # after the storage answered: a wrong URL is reported at once, not after a training run.
     objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
     with stop.interruptible():
         baseline = objective.measure_baseline()
     log.info("yardstick: the seed recipe takes %.3f s here; a run past %.3f s is stopped",
              baseline, objective.time_limit())
-    storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
-                                           grace_period=args.grace_period),
-                              Retry(patience=args.db_patience))
     seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
     note = study_note(spec, baseline, describe(fingerprint(device)))
     study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name, note=note)

@@ -209,8 +209,9 @@ def build_document(study: optuna.Study, choice: Choice, url: str) -> dict[str, A
         "value": trial.value,
         "accuracy_target": accuracy_target(attrs),
     }
-    if "accuracies" in trial.user_attrs:
-        metrics["accuracies"] = trial.user_attrs["accuracies"]
+    for key in ("accuracies", "vs_baseline"):  # per seed; seconds over the seed recipe's here
+        if key in trial.user_attrs:
+            metrics[key] = trial.user_attrs[key]
     return {
         "config": config.to_dict(),
         "metrics": metrics,

@@ -14,6 +14,7 @@ Each test prints a one-line summary (run with -s to see it); README's "What surv
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import secrets
@@ -121,17 +122,18 @@ def running_trial_of(url: str, pid: int, timeout: float) -> int:
     raise AssertionError(f"worker {pid} ran no trial within {timeout} s")
 
 
-def seconds_until_failed(url: str, numbers: dict[int, float], timeout: float) -> dict[int, float]:
-    """For each trial number (with the monotonic time of its worker's kill): seconds until FAIL."""
+def seconds_until_failed(url: str, killed_at: dict[int, datetime.datetime],
+                         timeout: float) -> dict[int, float]:
+    """For each trial number (with the wall-clock time of its worker's kill): seconds from the kill
+    to the FAIL the stale check stored (its `datetime_complete`, written by a worker on this host)."""
     deadline = time.monotonic() + timeout
-    seen: dict[int, float] = {}
-    while len(seen) < len(numbers) and time.monotonic() < deadline:
-        for trial in load(url).get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if trial.number in numbers and trial.number not in seen:
-                seen[trial.number] = time.monotonic() - numbers[trial.number]
+    while time.monotonic() < deadline:
+        failed = {t.number: t for t in load(url).get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.number in killed_at and t.datetime_complete is not None}
+        if len(failed) == len(killed_at):
+            return {n: (t.datetime_complete - killed_at[n]).total_seconds() for n, t in failed.items()}
         time.sleep(0.1)
-    assert len(seen) == len(numbers), f"killed trials not FAILED within {timeout} s: {numbers.keys() - seen}"
-    return seen
+    raise AssertionError(f"killed trials not FAILED within {timeout} s: {killed_at.keys() - failed.keys()}")
 
 
 @needs_pg_ctl
@@ -139,19 +141,22 @@ def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str,
     """Three workers; three times over the run one of them is SIGKILLed in the middle of a trial and a
     new one started in its place (as `restart: on-failure` does). Each killed trial turns FAILED
     within the grace period (+ one heartbeat interval) and is re-run; the others carry on; the study
-    reaches its budget."""
-    n_trials, kills = 18, 3
+    reaches its budget. Only a worker in its trial loop checks heartbeats (one still timing its
+    yardstick does not), so each kill waits until the other workers are there."""
+    n_trials, kills = 80, 3  # enough that the study outlasts the last kill's grace period
     url = with_password(postgres_url)
     args = ["--spec", str(spec_file(tmp_path, **budget(n_trials))), "--storage", url, *FAST, *FAST_HEARTBEAT]
     workers = [spawn_worker(*args) for _ in range(3)]
-    killed: dict[int, float] = {}  # trial number -> when its worker was killed
+    for worker in workers:
+        running_trial_of(postgres_url, worker.pid, timeout=STARTUP)
+    killed: dict[int, datetime.datetime] = {}  # trial number -> when its worker was killed
     for victim in workers[:kills]:
         number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
         time.sleep(0.3)  # into the training
         victim.process.send_signal(signal.SIGKILL)
-        killed[number] = time.monotonic()
+        killed[number] = datetime.datetime.now()
         workers.append(spawn_worker(*args))
-        time.sleep(1.0)
+        running_trial_of(postgres_url, workers[-1].pid, timeout=STARTUP)
     failed_after = seconds_until_failed(postgres_url, killed, timeout=60)
     survivors = workers[kills:]
     for worker in survivors:

@@ -45,8 +45,9 @@ def study(spec: StudySpec, sqlite_url: str) -> optuna.Study:
 
 
 def run_search(study: optuna.Study, spec: StudySpec, objective: Objective, n_trials: int | None = None,
-               timeout: float | None = None, prefetch: bool = False) -> int:
-    worker = Worker(spec, study, StandIn(objective), torch.device("cpu"), None, {"worker": {"pid": 1}})  # type: ignore[arg-type]
+               timeout: float | None = None, prefetch: bool = False, deadline: float | None = None) -> int:
+    worker = Worker(spec, study, StandIn(objective), torch.device("cpu"), None, {"worker": {"pid": 1}},  # type: ignore[arg-type]
+                    deadline=deadline)
     args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, prefetch=prefetch)
     return search(worker, args, GracefulStop())
 
@@ -111,6 +112,20 @@ def test_the_loop_stops_at_the_study_budget_counting_every_worker(study: optuna.
     assert run_search(study, spec=dataclasses.replace(spec, n_trials=3), objective=lambda t: 2.0) == 0
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 3
+
+
+def test_the_loop_starts_no_trial_past_the_studys_minutes(study: optuna.Study, spec: StudySpec,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    def slow(trial: optuna.Trial) -> float:
+        time.sleep(0.4)
+        return 1.0
+
+    minutes = dataclasses.replace(spec, minutes=1.0 / 60)  # one second, from the study's creation
+    created = study.user_attrs["created_at"]
+    with caplog.at_level("INFO", logger="search"):
+        assert run_search(study, minutes, slow, deadline=created + 1.0) == 0
+    assert 1 <= len(study.get_trials()) <= 4
+    assert "the study's budget is reached (0.0166667 minutes since it was created)" in caplog.text
 
 
 def test_the_loop_starts_no_trial_after_the_timeout(study: optuna.Study, spec: StudySpec) -> None:

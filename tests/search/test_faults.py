@@ -142,8 +142,9 @@ def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str,
     new one started in its place (as `restart: on-failure` does). Each killed trial turns FAILED
     within the grace period (+ one heartbeat interval) and is re-run; the others carry on; the study
     reaches its budget. Only a worker in its trial loop checks heartbeats (one still timing its
-    yardstick does not), so each kill waits until the other workers are there."""
-    n_trials, kills = 80, 3  # enough that the study outlasts the last kill's grace period
+    yardstick does not), so each kill waits until some other worker is there: the originals for
+    the first two kills, the first replacement for the last."""
+    n_trials, kills = 100, 3  # enough that the study outlasts the last kill's grace period
     url = with_password(postgres_url)
     args = ["--spec", str(spec_file(tmp_path, **budget(n_trials))), "--storage", url, *FAST, *FAST_HEARTBEAT]
     workers = [spawn_worker(*args) for _ in range(3)]
@@ -151,12 +152,13 @@ def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str,
         running_trial_of(postgres_url, worker.pid, timeout=STARTUP)
     killed: dict[int, datetime.datetime] = {}  # trial number -> when its worker was killed
     for victim in workers[:kills]:
+        if victim is workers[kills - 1]:
+            running_trial_of(postgres_url, workers[kills].pid, timeout=STARTUP)
         number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
         time.sleep(0.3)  # into the training
         victim.process.send_signal(signal.SIGKILL)
         killed[number] = datetime.datetime.now()
         workers.append(spawn_worker(*args))
-        running_trial_of(postgres_url, workers[-1].pid, timeout=STARTUP)
     failed_after = seconds_until_failed(postgres_url, killed, timeout=60)
     survivors = workers[kills:]
     for worker in survivors:

@@ -110,13 +110,13 @@ def postgres_stopped() -> Iterator[None]:
 # -- SIGKILL ------------------------------------------------------------------------------------
 
 
-def running_trial_of(url: str, pid: int, timeout: float) -> int:
-    """The number of the trial worker `pid` is running, once it runs one."""
+def running_trial_of(url: str, pid: int, timeout: float, other_than: int | None = None) -> int:
+    """The number of the trial worker `pid` is running (other than `other_than`), once it runs one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(KeyError):  # no study yet
             for trial in load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker", {}).get("pid") == pid:
+                if trial.user_attrs.get("worker", {}).get("pid") == pid and trial.number != other_than:
                     return trial.number
         time.sleep(0.1)
     raise AssertionError(f"worker {pid} ran no trial within {timeout} s")
@@ -154,10 +154,15 @@ def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str,
     for victim in workers[:kills]:
         if victim is workers[kills - 1]:
             running_trial_of(postgres_url, workers[kills].pid, timeout=STARTUP)
-        number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
+        # A trial caught just as it starts, so its warm-up and first seed still lie ahead: a one-seed
+        # smoke trial can end within the 0.3 s after a trial caught at a random point.
+        current = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
+        number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP, other_than=current)
         time.sleep(0.3)  # into the training
         victim.process.send_signal(signal.SIGKILL)
         killed[number] = datetime.datetime.now()
+        assert load(postgres_url).get_trials(deepcopy=False)[number].state == TrialState.RUNNING, \
+            f"trial {number} ended before the kill landed"
         workers.append(spawn_worker(*args))
     failed_after = seconds_until_failed(postgres_url, killed, timeout=60)
     survivors = workers[kills:]

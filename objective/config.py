@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objective.errors import UserError
+
 IMAGE_SIZE = 28  # MNIST images are 28x28; every shape check is against this.
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot train; its message is one line meant for the user."""
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from objective.errors import UserError, first_line
+
 MEAN, STD = 0.1307, 0.3081  # the published MNIST pixel statistics, as the seed recipe uses
 DEFAULT_ROOT = Path.home() / ".cache" / "fast-mnist"
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """MNIST could not be found or fetched; the message says where we looked and what to do."""
 
 
@@ -73,7 +75,7 @@ def _read_torchvision(root: Path, download: bool) -> dict[str, torch.Tensor]:
             with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints its download log
                 dataset = MNIST(root=str(root), train=train, download=download)
         except (RuntimeError, OSError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise DataError(
                 f"MNIST not found in {root / 'MNIST' / 'raw'} and it could not be downloaded "
                 f"({reason}); pass --data-dir (or set MNIST_DATA) to a folder holding MNIST/raw"

@@ -19,7 +19,8 @@ import torch
 
 from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict, load_json, parse_assignment
-from objective.data import DataError, load_resident, resolve_root
+from objective.data import load_resident, resolve_root
+from objective.errors import UserError
 from objective.trainer import RunResult, resolve_device, train_once
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         data = load_resident(resolve_root(args.data_dir), device)
-    except (ConfigError, DataError, ValueError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runs = []

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from objective.config import TrainConfig
 from objective.data import Mnist
+from objective.errors import UserError
 from objective.model import build_model
 
 
@@ -46,16 +47,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but this machine has no usable CUDA GPU; "
+            raise UserError(f"device {name!r} asked for, but this machine has no usable CUDA GPU; "
                              "use --device cpu")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: this machine has "
+            raise UserError(f"device {name!r} does not exist: this machine has "
                              f"{torch.cuda.device_count()} GPU(s)")
         device = torch.device("cuda", index)
     return device

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from objective.errors import UserError
+
 # Host-wide, not per user: two users' workers on one GPU disturb each other's timings just the same.
 DEFAULT_LOCK_DIR = Path("/tmp/fast-mnist-locks")
 LOCK_DIR_ENV = "FAST_MNIST_LOCK_DIR"
 
 
-class DeviceBusy(RuntimeError):
+class DeviceBusy(UserError):
     """Another worker holds the device; the message says who and what to do instead."""
 
 

@@ -23,6 +23,7 @@ import optuna
 import sqlalchemy
 
 from objective.cli import OneLineParser
+from objective.errors import UserError, first_line
 from studies.export import (
     Choice,
     ExportError,
@@ -39,7 +40,7 @@ from studies.export import (
     verify,
     write_atomic,
 )
-from studies.spec import SpecError, validate_study_name
+from studies.spec import validate_study_name
 from studies.storage import StorageError, mask, resolve_url
 
 
@@ -69,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     url = resolve_url(args.storage)
     try:
         return run(args, url)
-    except (ExportError, SpecError, StorageError) as error:
+    except UserError as error:
         say(f"error: {error}")
     except sqlalchemy.exc.SQLAlchemyError as error:
-        say(f"error: cannot read {mask(url)}: {_first_line(error)}")
+        say(f"error: cannot read {mask(url)}: {first_line(getattr(error, 'orig', None) or error)}")
     return 2
 
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     except RuntimeError as error:  # e.g. Optuna's schema-version check; StorageError passes through
         if isinstance(error, StorageError):
             raise
-        raise ExportError(f"cannot read {mask(url)}: {str(error).strip().splitlines()[0]}") from None
+        raise ExportError(f"cannot read {mask(url)}: {first_line(error)}") from None
     choice = choose(trials, device=args.fingerprint)
     say(f"selected {choice.selection}")
     document = build_document(study, choice, url)
@@ -115,8 +116,7 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     # Imported here: torch is slow to import and only a verification needs it.
     import torch
 
-    from objective.config import ConfigError
-    from objective.data import DataError, load_resident, resolve_root
+    from objective.data import load_resident, resolve_root
     from objective.trainer import resolve_device, train_once
 
     trial = choice.trial
@@ -124,13 +124,10 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     target = accuracy_target(study.user_attrs)
     used = len(trial.user_attrs.get("accuracies") or [None])
     seeds = verification_seeds(config, args.verify, used=used)
-    try:
-        device = resolve_device(args.device)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        data = load_resident(resolve_root(args.data_dir), device)
-    except (ConfigError, DataError, ValueError) as error:
-        raise ExportError(str(error)) from None
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = load_resident(resolve_root(args.data_dir), device)
     say(f"verifying trial {trial.number} on {device} with seeds {seeds[0]}..{seeds[-1]} "
         f"(target {100 * target:.2f} %)")
     block = verify(config, seeds, target, run=lambda c: train_once(c, data), progress=say)
@@ -140,12 +137,6 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     say(f"verification: pass rate {block['pass_rate']:.2f}, mean accuracy "
         f"{100 * block['mean_accuracy']:.2f} %, median {block['median_seconds']:.3f} s")
     return block
-
-
-def _first_line(error: sqlalchemy.exc.SQLAlchemyError) -> str:
-    orig = getattr(error, "orig", None)
-    text = str(orig if orig is not None else error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
-from studies.export import ExportError, check_writable, open_study
-from studies.spec import SpecError, validate_study_name
-from studies.storage import StorageError, resolve_url
+from objective.errors import UserError
+from studies.export import check_writable, open_study
+from studies.spec import validate_study_name
+from studies.storage import resolve_url
 
 
 def accuracy_vs_seconds(trials: list[FrozenTrial], target: float) -> go.Figure:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         study = open_study(url, args.study)  # never creates a database or tables
         page = render(study)
         Path(args.out).write_text(page)
-    except (ExportError, SpecError, StorageError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

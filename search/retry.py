@@ -40,6 +40,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, _CachedStorage
 from optuna.trial import TrialState
 
+from objective.errors import first_line
+
 log = logging.getLogger("search")
 
 DEFAULT_PATIENCE = 120.0  # seconds one storage call may keep failing before the worker gives up
@@ -91,14 +93,9 @@ def storage_failure(error: BaseException) -> str:
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
-            return _line(seen.orig)
+            return first_line(seen.orig)
         seen = seen.__cause__
-    return _line(error)
-
-
-def _line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 @dataclass(frozen=True)

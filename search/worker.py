@@ -42,11 +42,12 @@ import torch
 from optuna.trial import FrozenTrial
 
 from objective.cli import OneLineParser, hide_passwords
-from objective.config import ConfigError, TrainConfig
-from objective.data import DataError, Mnist, load_resident, resolve_root
+from objective.config import TrainConfig
+from objective.data import Mnist, load_resident, resolve_root
+from objective.errors import UserError
 from objective.objective import Objective
 from objective.trainer import RunResult, fingerprint, resolve_device, train_once
-from search.device_lock import DeviceBusy, DeviceClaim, claim_device
+from search.device_lock import DeviceClaim, claim_device
 from search.pipeline import Pipeline
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
@@ -58,7 +59,6 @@ from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
 from studies.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
-    StorageError,
     create_or_load,
     mask,
     open_storage,
@@ -72,10 +72,6 @@ log = logging.getLogger("search")
 DEFAULT_SPEC = "studies/mnist_fast.toml"
 # A worker whose every trial fails is burning its device on a bug: stop and say so.
 MAX_FAILURES_IN_A_ROW = 10
-
-
-class UsageError(ValueError):
-    """Options that contradict each other, reported like every other bad input: one line, exit 2."""
 
 
 def _whole_number(text: str) -> int:
@@ -191,7 +187,7 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     url = resolve_url(args.storage)
     parse_url(url)  # a typo in the scheme is reported now, not after loading the data
     if args.grace_period <= args.heartbeat_interval:
-        raise UsageError(f"--grace-period ({args.grace_period} s) must be longer than --heartbeat-interval "
+        raise UserError(f"--grace-period ({args.grace_period} s) must be longer than --heartbeat-interval "
                          f"({args.heartbeat_interval} s), or every running trial would count as dead")
     device = resolve_device(args.device)
     if args.threads is not None:
@@ -399,7 +395,6 @@ def say_error(message: str, args: argparse.Namespace) -> None:
     print(f"error: {hide_passwords(message, secrets_of(resolve_url(args.storage)))}", file=sys.stderr)
 
 
-BAD_INPUT = (UsageError, SpecError, StorageError, ConfigError, DataError, DeviceBusy, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose, secrets=secrets_of(resolve_url(args.storage)))
     try:
         worker = prepare(args, stop)
-    except BAD_INPUT as error:
+    except UserError as error:
         say_error(str(error), args)
         return 2
     except STORAGE_FAILURES as error:  # the server went away between connecting and creating

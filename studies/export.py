@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from objective.config import ConfigError, TrainConfig, from_dict
+from objective.errors import UserError, first_line
 from studies.storage import StorageError, engine_kwargs, load_existing, mask, parse_url
 
 FORMATS = ("json", "yaml", "toml")
@@ -36,7 +37,7 @@ DEFAULT_TARGET = 0.99
 UNKNOWN_DEVICE = "(no fingerprint)"
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Nothing (or nothing sensible) can be exported; the message is one line for the user."""
 
 
@@ -75,8 +76,7 @@ def _require_optuna_schema(url: str) -> None:
         with engine.connect() as connection:
             present = sqlalchemy.inspect(connection).has_table("studies")
     except sqlalchemy.exc.DBAPIError as error:
-        text = str(error.orig if error.orig is not None else error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
+        reason = first_line(error.orig if error.orig is not None else error)
         raise StorageError(f"cannot connect to {mask(url)}: {reason}") from None
     finally:
         engine.dispose()

@@ -34,6 +34,7 @@ from optuna.distributions import (
 )
 
 from objective.config import FIELD_TYPES, ConfigError, TrainConfig, from_dict
+from objective.errors import UserError
 from objective.objective import ObjectiveSettings
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -49,7 +50,7 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
 NOT_SEARCHABLE = {"seed", "check_every", "eval_batch", "train_subset"}
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec that cannot become a study; the message names the file, the key and the fix."""
 
 

@@ -28,6 +28,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna_dashboard import save_note
 from sqlalchemy.engine import URL, make_url
 
+from objective.errors import UserError, first_line
 from objective.objective import METRIC_NAME
 from studies.spec import StudySpec
 
@@ -43,7 +44,7 @@ MYSQL_READ_TIMEOUT = 60
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError):
     """The storage URL cannot be used; the message is one line, with the password masked."""
 
 
@@ -150,8 +151,7 @@ def _timed_out(error: sqlalchemy.exc.DBAPIError) -> bool:
 
 
 def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:
-    text = str(error.orig) if error.orig is not None else str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first_line(error.orig if error.orig is not None else error)
 
 
 def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | None,

@@ -14,6 +14,7 @@ from objective.config import (
     load_json,
     parse_assignment,
 )
+from objective.errors import UserError
 
 
 def test_defaults_are_the_seed_recipe() -> None:
@@ -27,7 +28,7 @@ def test_defaults_are_the_seed_recipe() -> None:
 
 
 def test_config_error_is_a_value_error() -> None:
-    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigError, UserError)
 
 
 def test_round_trip_through_dict() -> None:

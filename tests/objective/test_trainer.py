@@ -9,6 +9,7 @@ import torch
 
 from objective.config import TrainConfig
 from objective.data import Mnist
+from objective.errors import UserError
 from objective.trainer import (
     RunResult,
     bf16_enabled,
@@ -206,7 +207,7 @@ def test_resolve_device_cpu() -> None:
 def test_resolve_device_without_gpu() -> None:
     assert resolve_device("auto") == CPU
     for name in ("cuda", "cuda:0", "cuda:3"):
-        with pytest.raises(ValueError, match="no usable CUDA GPU"):
+        with pytest.raises(UserError, match="no usable CUDA GPU"):
             resolve_device(name)
 
 
@@ -214,7 +215,7 @@ def test_resolve_device_without_gpu() -> None:
 def test_resolve_device_with_gpu() -> None:
     assert resolve_device("auto") == torch.device("cuda", 0)
     assert resolve_device("cuda") == torch.device("cuda", 0)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
@@ -226,7 +227,7 @@ def test_resolve_device_with_gpu() -> None:
     ("xla", "unsupported device"),
 ])
 def test_resolve_device_rejects_other_devices(name: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         resolve_device(name)
 
 

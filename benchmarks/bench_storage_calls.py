@@ -27,8 +27,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
-# studies/ is left out so that SQLite's BEGIN IMMEDIATE (studies/storage.py) counts for its caller.
+# studies/ is left out so that SQLite's BEGIN IMMEDIATE (studies/storage.py) counts for its caller,
+# and so is the retrying storage, so that a call counts for whoever called the storage.
 PRODUCT = tuple(str(ROOT / package) for package in ("search", "objective"))
+PASS_THROUGH = tuple(str(ROOT / "search" / name) for name in ("retry.py", "optuna_internals.py"))
 WARM_UP = 20
 
 
@@ -59,7 +61,7 @@ def call_site() -> str:
     """`objective.py:record -> set_user_attr`: the innermost product frame and what it called."""
     stack = traceback.extract_stack()
     for inner, outer in zip(reversed(stack[1:]), reversed(stack[:-1]), strict=True):
-        if outer.filename.startswith(PRODUCT):
+        if outer.filename.startswith(PRODUCT) and not outer.filename.startswith(PASS_THROUGH):
             return f"{Path(outer.filename).name}:{outer.name} -> {inner.name}"
     return "(outside the product)"
 

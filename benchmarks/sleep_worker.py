@@ -15,16 +15,15 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.objective import Objective
 from objective.trainer import RunResult, train_once
 from search import worker as search_worker
+from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop
 from studies.spec import load_spec
-from studies.storage import create_or_load, open_storage
+from studies.storage import GRACE_PERIOD, create_or_load, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "studies" / "mnist_fast.toml"
@@ -78,11 +77,13 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
     # One run per trial (a trial of fixed length), and the loop stops on n_trials/timeout only.
     settings = dataclasses.replace(spec.objective, repeats=1)
     spec = dataclasses.replace(spec, n_trials=10**9, objective=settings)
-    study, _ = create_or_load(spec, open_storage(url), sampler_seed=sampler_seed, study_name=study_name)
+    storage = RetryingStorage(open_storage(url), Retry())
+    study, _ = create_or_load(spec, storage, sampler_seed=sampler_seed, study_name=study_name)
     sleeper = SleepTrain(trial_seconds) if data is None else RecipeTrain(TrainConfig())
     objective = Objective(spec.space, spec.base, spec.objective, data=data, train=sleeper)  # type: ignore[arg-type]
-    worker = search_worker.Worker(spec, study, objective, torch.device("cpu"), None, {})
-    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, prefetch=prefetch)
+    worker = search_worker.Worker(spec, study, storage, objective, None, {"worker": {"pid": 0}},
+                                  prefetch=prefetch, grace_period=GRACE_PERIOD)
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console
     search_worker.quiet_optuna()
     start = time.perf_counter()

@@ -43,10 +43,10 @@ class TrainConfig:
     batch_norm: str = "none"
     seed: int = 0
     # Speed knobs: they change how fast a run is, never what it computes (up to float rounding).
-    channels_last: bool = True  # NHWC convolutions: measured faster on two CPUs (README, benchmarks/)
+    channels_last: bool = True  # NHWC convolutions: measured faster on the CPU (docs/performance.md)
     # bf16 matmuls/convs under autocast. "auto" turns it on only where it was measured to pay: a
     # CPU with AMX matrix units. Without bf16 units it is emulated and an order of magnitude
-    # slower (README), and on a GPU it is unmeasured. "on" and "off" force it.
+    # slower (docs/performance.md), and on a GPU it is unmeasured. "on" and "off" force it.
     bf16_autocast: str = "auto"
     eval_batch: int = 1000  # all 10k test images are scored; the batch only changes speed
     # Subset of the training set (the first N of the fixed shuffled order); 0 means all 60,000.

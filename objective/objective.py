@@ -35,20 +35,25 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.trial import FrozenTrial
 
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.seeds import SeedRules, mean_accuracy, median_seconds, stop_reason
 from objective.trainer import RunResult, train_once
+from search.optuna_internals import set_constraints
 
 METRIC_NAME = "penalized seconds"  # the study's objective, as the dashboard names it
 # Seconds between two timings of the seed recipe by one worker: ~1 % of a CPU search's time.
 YARDSTICK_EVERY = 300.0
+# What "passes" means, for the search, export and verification: a study records its own target,
+# and this is the default where none is recorded.
+ACCURACY_TARGET = 0.99
 
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    accuracy_target: float = 0.99  # what "passes" means, for export and verification too
+    accuracy_target: float = ACCURACY_TARGET
     # The search asks for target + margin: a config whose mean sits on the target passes a fresh
     # seed only half the time, so the margin buys reliability for the exported config.
     accuracy_margin: float = 0.0
@@ -113,6 +118,12 @@ def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> o
     raise TypeError(f"unsupported distribution for {name}: {distribution!r}")
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's own rule for the constraints `Objective.constraints` sets: feasible when every
+    constraint is <= 0 (a trial without constraints is feasible)."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
 def best_feasible_value(study: optuna.Study) -> float | None:
     """The study's best feasible value, read from the shared storage (so across workers)."""
     try:
@@ -155,9 +166,9 @@ class Trained:
 class Objective:
     """An Optuna objective (callable on a trial) that trains on `data`, which stays resident.
 
-    It comes in the three phases of search/trials.py too: `prepare` (suggest; storage), `run`
-    (train; no storage) and `record` (attributes; storage), so that a worker can do the storage
-    work of the next and the previous trial while this one trains."""
+    A call is three steps, which search/loop.py also takes one by one: `plan` (suggest the config;
+    storage), `train_seeds` (train; no storage, so --prefetch can do the storage work of the trials
+    around it meanwhile) and `record` (the trial's attributes and constraints; storage)."""
 
     def __init__(self, space: Mapping[str, BaseDistribution], base: TrainConfig,
                  settings: ObjectiveSettings, data: Mnist,
@@ -166,7 +177,7 @@ class Objective:
         self.base = base
         self.settings = settings
         self.data = data
-        self.train = train
+        self.train_once = train
         self.baseline_seconds: float | None = None  # the yardstick: `measure_baseline`
         self.baseline_measured_at = -math.inf  # time.monotonic() of that measurement
         # The best of this worker's own trials: a prepared trial read the study's best before
@@ -174,14 +185,14 @@ class Objective:
         self.own_best = math.inf
 
     def __call__(self, trial: optuna.Trial) -> float:
-        return self.record(trial, self.run(self.prepare(trial)))
+        return self.record(trial, self.train_seeds(self.plan(trial)))
 
     def measure_baseline(self) -> float:
         """Time the seed recipe (the spec's base config) once on this device, outside any trial.
         Its seconds are the time to beat until a faster feasible trial exists, and set the run
-        time limit and each trial's `vs_baseline`. `run` re-measures it every YARDSTICK_EVERY
+        time limit and each trial's `vs_baseline`. `train_seeds` re-measures it every YARDSTICK_EVERY
         seconds, so a load that came and went does not fix it for the whole search."""
-        self.baseline_seconds = self.train(self.base, self.data, self.settings.time_limit).seconds
+        self.baseline_seconds = self.train_once(self.base, self.data, self.settings.time_limit).seconds
         self.baseline_measured_at = time.monotonic()
         return self.baseline_seconds
 
@@ -194,12 +205,12 @@ class Objective:
         params = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
         return self.base.replace(**params)
 
-    def prepare(self, trial: optuna.Trial) -> Planned:
+    def plan(self, trial: optuna.Trial) -> Planned:
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())  # what export reproduces, whole
         return Planned(config, best_feasible_value(trial.study))
 
-    def run(self, planned: Planned) -> Trained:
+    def train_seeds(self, planned: Planned) -> Trained:
         """Train one seed after another (config.seed, +1, ...) until objective/seeds.py stops it."""
         if (self.baseline_seconds is not None
                 and time.monotonic() - self.baseline_measured_at > YARDSTICK_EVERY):
@@ -209,7 +220,7 @@ class Objective:
         rules, limit, config = self.settings.seed_rules(), self.time_limit(), planned.config
         runs: list[RunResult] = []
         while True:
-            runs.append(self.train(config.replace(seed=config.seed + len(runs)), self.data, limit))
+            runs.append(self.train_once(config.replace(seed=config.seed + len(runs)), self.data, limit))
             stopped = stop_reason(runs, rules, to_beat if math.isfinite(to_beat) else None)
             if stopped is not None:
                 break
@@ -233,17 +244,11 @@ class Objective:
         trial.set_user_attr("train_seconds", statistics.median(run.train_seconds for run in runs))
         trial.set_user_attr("accuracies", [run.accuracy for run in runs])
         trial.set_user_attr("seconds_per_seed", [run.seconds for run in runs])
-        trial.set_user_attr("stopped", trained.stopped)
-        trial.set_user_attr("diverged", trained.diverged)
+        trial.set_user_attr("stopped", trained.stopped)  # "diverged on seed N" says it diverged
         trial.set_user_attr("fingerprint", runs[0].fingerprint)
         if self.baseline_seconds is not None:
-            trial.set_user_attr("baseline_seconds", self.baseline_seconds)
             trial.set_user_attr("vs_baseline", trained.seconds / self.baseline_seconds)
-        for name, constraint in (constraints := self.constraints(trained)).items():
-            trial.set_constraint(name, constraint)
-        # optuna-dashboard 0.21 reads only the pre-Optuna-5 list `constraints`; Optuna reads both
-        # (the list as constraints "0", "1"), and the two agree, so feasibility is the same everywhere.
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(constraints.values()))
+        set_constraints(trial, self.constraints(trained))
         if trained.over_time:
             finished = runs[:-1]
             trial.report(penalized_value(mean_accuracy(finished), median_seconds(finished), self.settings,

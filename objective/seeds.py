@@ -40,7 +40,7 @@ class SeedRules:
     bar: float  # the mean accuracy a feasible trial reaches (target + margin)
     repeats: int = 1  # seeds that decide a trial that is not a contender
     crown_seeds: int = 1  # seeds a contender must hold the bar and its speed on
-    accuracy_sd: float = 0.0007  # one seed's accuracy spread (0.07 points, measured: docs/timing.md)
+    accuracy_sd: float = 0.0007  # one seed's accuracy spread (0.07 points, measured: docs/search.md)
     slower_margin: float = 0.1  # "clearly slower" than the best: by more than this fraction
 
 

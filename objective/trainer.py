@@ -1,6 +1,6 @@
 """One honestly timed training run.
 
-Timing protocol (README, "Timing protocol"): the data is already resident on the device; an
+Timing protocol (docs/timing.md): the data is already resident on the device; an
 untimed warm-up on the same shapes runs first; the clock covers model construction, training
 and test evaluation (like the seed recipe's %timeit of main()), and the device is synchronised
 before the clock starts and before it stops. Inside the step loop nothing waits on the device
@@ -13,6 +13,7 @@ import contextlib
 import math
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -67,6 +68,19 @@ def fingerprint(device: torch.device) -> dict[str, str | int]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "device_type": device.type, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def describe_fingerprint(recorded: Mapping[str, object]) -> str:
+    """A fingerprint in words, for messages: `NVIDIA H100 80GB HBM3 (cuda, torch 2.14.1, 16 threads)`."""
+    if not recorded:
+        return "(no fingerprint)"
+    device = recorded.get("device", "unknown device")
+    details = [str(recorded["device_type"])] if "device_type" in recorded else []
+    if "torch" in recorded:
+        details.append(f"torch {recorded['torch']}")
+    if "threads" in recorded:
+        details.append(f"{recorded['threads']} threads")
+    return f"{device} ({', '.join(details)})" if details else str(device)
 
 
 def _cpu_name() -> str:

@@ -5,7 +5,8 @@
         [--data-dir DIR] [--threads N]]
 
 Best = the lowest value among COMPLETE, feasible trials (every constraint <= 0) on one hardware
-fingerprint: the most common one, or the device named by --fingerprint. The document holds the
+fingerprint: the most common one, or the device named by --fingerprint (seconds measured on
+different machines do not compare). The seed-recipe baseline is eligible. The document holds the
 whole `config` (what `python -m objective.train --config best.json` takes), the trial's metrics,
 its fingerprint, provenance (storage kind, Optuna version, time, spec) and how it was picked.
 --verify N retrains the config on N fresh seeds here and adds a `verification` block.
@@ -16,32 +17,41 @@ The format follows --format, else the --out suffix (.json, .yaml/.yml, .toml), e
 from __future__ import annotations
 
 import argparse
+import json
+import secrets
+import statistics
 import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
+import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
+from objective.config import ConfigError, TrainConfig, from_dict
+from objective.data import load_resident, resolve_root
 from objective.errors import UserError, first_line
-from studies.export import (
-    Choice,
-    ExportError,
-    accuracy_target,
-    build_document,
-    check_writable,
-    choose,
-    describe,
-    format_for,
-    open_study,
-    render,
-    trial_config,
-    verification_seeds,
-    verify,
-    write_atomic,
-)
+from objective.objective import ACCURACY_TARGET, is_feasible
+from objective.trainer import describe_fingerprint, resolve_device, train_once
 from studies.spec import validate_study_name
-from studies.storage import StorageError, mask, resolve_url
+from studies.storage import load_existing, mask, parse_url, resolve_url
+
+FORMATS = ("json", "yaml", "toml")
+SUFFIX_FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
+VERIFY_FIRST_SEED = 1000  # verification seeds start here, away from the seeds a search uses
+
+
+class ExportError(UserError):
+    """Nothing (or nothing sensible) can be exported; the message is one line for the user."""
+
+
+# -- the command line ---------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,17 +99,10 @@ def run(args: argparse.Namespace, url: str) -> int:
     if not to_stdout:
         check_writable(Path(args.out))
 
-    try:
-        study = open_study(url, args.study)
-        trials = study.get_trials(deepcopy=False)
-    except RuntimeError as error:  # e.g. Optuna's schema-version check; StorageError passes through
-        if isinstance(error, StorageError):
-            raise
-        raise ExportError(f"cannot read {mask(url)}: {first_line(error)}") from None
-    choice = choose(trials, device=args.fingerprint)
+    study = load_existing(url, args.study)  # never creates a database, tables or a study
+    choice = choose(study.get_trials(deepcopy=False), device=args.fingerprint)
     say(f"selected {choice.selection}")
     document = build_document(study, choice, url)
-
     if args.verify is not None:
         document["verification"] = run_verification(args, study, choice)
 
@@ -112,13 +115,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choice) -> dict[str, object]:
-    # Imported here: torch is slow to import and only a verification needs it.
-    import torch
-
-    from objective.data import load_resident, resolve_root
-    from objective.trainer import resolve_device, train_once
-
+def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choice) -> dict[str, Any]:
     trial = choice.trial
     config = trial_config(trial, study.user_attrs)
     target = accuracy_target(study.user_attrs)
@@ -132,11 +129,248 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
         f"(target {100 * target:.2f} %)")
     block = verify(config, seeds, target, run=lambda c: train_once(c, data), progress=say)
     if block["fingerprint"] != choice.fingerprint:
-        say(f"note: verified on {describe(block['fingerprint'])}, not on the trial's "
-            f"{describe(choice.fingerprint)}: compare the seconds with care")
+        say(f"note: verified on {describe_fingerprint(block['fingerprint'])}, not on the trial's "
+            f"{describe_fingerprint(choice.fingerprint)}: compare the seconds with care")
     say(f"verification: pass rate {block['pass_rate']:.2f}, mean accuracy "
         f"{100 * block['mean_accuracy']:.2f} %, median {block['median_seconds']:.3f} s")
     return block
+
+
+# -- choosing the trial -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The trial picked, the fingerprint it was picked within, and how, in words."""
+
+    trial: FrozenTrial
+    fingerprint: dict[str, Any]
+    selection: str
+
+
+def fingerprint_of(trial: FrozenTrial) -> dict[str, Any]:
+    value = trial.user_attrs.get("fingerprint")
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def choose(trials: Iterable[FrozenTrial], device: str | None = None) -> Choice:
+    """The best feasible COMPLETE trial within one fingerprint (see the module docstring)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        raise ExportError("no feasible trial: the study has no COMPLETE trial yet")
+    groups: dict[str, list[FrozenTrial]] = {}
+    for trial in complete:  # insertion order = order of first appearance, the tie-break
+        groups.setdefault(json.dumps(fingerprint_of(trial), sort_keys=True), []).append(trial)
+    counts = Counter({key: len(members) for key, members in groups.items()})
+    ranked = sorted(groups, key=lambda key: -counts[key])  # stable: ties keep first appearance
+    if device is None:
+        key = ranked[0]
+        how = (f"the most common of {_plural(len(groups), 'fingerprint')}" if len(groups) > 1
+               else "the only fingerprint")
+    else:
+        key = _match_device(groups, ranked, device)
+        how = f"chosen by --fingerprint {device!r} among {_plural(len(groups), 'fingerprint')}"
+    fingerprint = fingerprint_of(groups[key][0])  # as recorded, in its own key order
+    feasible = [t for t in groups[key] if is_feasible(t)]
+    if not feasible:
+        others = [describe_fingerprint(fingerprint_of(groups[k][0])) for k in ranked
+                  if k != key and any(is_feasible(t) for t in groups[k])]
+        hint = (f"; fingerprints with feasible trials: {'; '.join(others)} (pick one with --fingerprint)"
+                if others else "")
+        raise ExportError(f"no feasible trial: none of the {_plural(len(groups[key]), 'complete trial')} "
+                          f"on {describe_fingerprint(fingerprint)} meets every constraint{hint}")
+    best = min(feasible, key=lambda t: (t.value, t.number))
+    baseline = " (the seed-recipe baseline)" if best.user_attrs.get("baseline") else ""
+    selection = (f"trial {best.number}{baseline}: lowest value ({best.value:.4f}) among "
+                 f"{_plural(len(feasible), 'feasible trial')} of "
+                 f"{_plural(len(groups[key]), 'complete trial')} "
+                 f"on fingerprint {describe_fingerprint(fingerprint)}, {how}; "
+                 f"{_plural(len(complete), 'complete trial')} in the study")
+    return Choice(trial=best, fingerprint=fingerprint, selection=selection)
+
+
+def _match_device(groups: Mapping[str, list[FrozenTrial]], ranked: list[str], device: str) -> str:
+    """The most common fingerprint whose device is `device` (exact, else a unique substring),
+    ignoring case."""
+    names = {key: str(fingerprint_of(members[0]).get("device", "(no fingerprint)"))
+             for key, members in groups.items()}
+    wanted = device.strip().lower()
+    matches = [key for key in ranked if names[key].lower() == wanted]
+    if not matches:
+        matches = [key for key in ranked if wanted and wanted in names[key].lower()]
+        if len({names[key] for key in matches}) > 1:
+            found = "; ".join(sorted({names[key] for key in matches}))
+            raise ExportError(f"--fingerprint {device!r} matches several devices: {found}; "
+                              "give the full device name")
+    if not matches:
+        known = "; ".join(sorted(set(names.values())))
+        raise ExportError(f"no complete trial ran on a device matching --fingerprint {device!r}; "
+                          f"devices in the study: {known}")
+    return matches[0]
+
+
+# -- the document -------------------------------------------------------------------------------
+
+
+def accuracy_target(study_attrs: Mapping[str, Any]) -> float:
+    """The target the study recorded, else the objective's default."""
+    return float(study_attrs.get("accuracy_target", ACCURACY_TARGET))
+
+
+def trial_config(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> TrainConfig:
+    """The whole config the trial trained: its `config` attribute, else the study's base config
+    with the trial's params over it."""
+    try:
+        recorded = trial.user_attrs.get("config")
+        if isinstance(recorded, Mapping):
+            return from_dict(dict(recorded))
+        base = study_attrs.get("base_config")
+        if isinstance(base, Mapping):
+            return from_dict({**base, **trial.params})
+    except ConfigError as error:
+        raise ExportError(f"trial {trial.number} has a config that cannot train: {error}") from None
+    raise ExportError(f"trial {trial.number} records no config (no `config` trial attribute and no "
+                      "`base_config` study attribute)")
+
+
+def build_document(study: optuna.Study, choice: Choice, url: str) -> dict[str, Any]:
+    trial = choice.trial
+    attrs = study.user_attrs
+    metrics: dict[str, Any] = {
+        "accuracy": trial.user_attrs.get("accuracy"),
+        "seconds": trial.user_attrs.get("seconds"),
+        "train_seconds": trial.user_attrs.get("train_seconds"),
+        "value": trial.value,
+        "accuracy_target": accuracy_target(attrs),
+    }
+    for key in ("accuracies", "vs_baseline"):  # per seed; seconds over the seed recipe's here
+        if key in trial.user_attrs:
+            metrics[key] = trial.user_attrs[key]
+    return {
+        "config": trial_config(trial, attrs).to_dict(),
+        "metrics": metrics,
+        "trial": trial.number,
+        "baseline": bool(trial.user_attrs.get("baseline", False)),
+        "study": study.study_name,
+        "provenance": {
+            "storage": parse_url(url).get_backend_name(),  # the database kind: never host or user
+            "optuna": optuna.__version__,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "spec": attrs.get("spec"),
+        },
+        "fingerprint": choice.fingerprint,
+        "selection": choice.selection,
+    }
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+def verification_seeds(config: TrainConfig, count: int, used: int = 1) -> list[int]:
+    """`count` seeds the search did not train with: it used config.seed .. config.seed + used - 1."""
+    first = max(VERIFY_FIRST_SEED, config.seed + used)
+    return list(range(first, first + count))
+
+
+def verify(config: TrainConfig, seeds: list[int], target: float,
+           run: Callable[[TrainConfig], Any],
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Retrain `config` once per seed with `run` (returns an objective.trainer.RunResult) and
+    summarize: pass_rate is the fraction of seeds whose accuracy reaches `target`."""
+    if not seeds:
+        raise ExportError("verification needs at least one seed")
+    runs = []
+    for seed in seeds:
+        result = run(config.replace(seed=seed))
+        runs.append(result)
+        if progress is not None:
+            flag = " (diverged)" if result.diverged else ""
+            progress(f"verify seed {seed}: {result.seconds:.3f} s, "
+                     f"accuracy {100 * result.accuracy:.2f} %{flag}")
+    accuracies = [r.accuracy for r in runs]
+    passed = sum(1 for r in runs if r.accuracy >= target and not r.diverged)
+    return {
+        "seeds": list(seeds),
+        "target": target,
+        "pass_rate": passed / len(runs),
+        "mean_accuracy": statistics.fmean(accuracies),
+        "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "median_seconds": statistics.median(r.seconds for r in runs),
+        "runs": [{key: value for key, value in r.to_dict().items() if key != "fingerprint"}
+                 for r in runs],
+        "fingerprint": dict(runs[0].fingerprint),
+    }
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def format_for(out: str, requested: str | None) -> str:
+    """--format if given, else from the --out suffix (.json, .yaml/.yml, .toml), else JSON."""
+    if requested is not None:
+        fmt = requested.strip().lower()
+        if fmt not in FORMATS:
+            raise ExportError(f"unknown --format {requested!r}; choose one of {', '.join(FORMATS)}")
+        return fmt
+    return SUFFIX_FORMATS.get(Path(out).suffix.lower(), "json")
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [_without_none(item) for item in value if item is not None]
+    return value
+
+
+def render(document: Mapping[str, Any], fmt: str) -> str:
+    """The document as text. TOML cannot hold null, so None values are left out there."""
+    if fmt == "json":
+        return json.dumps(document, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True)
+    if fmt == "toml":
+        import tomli_w
+
+        return tomli_w.dumps(_without_none(dict(document)))
+    raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, not after a long verification (or a report's rendering), when `out` cannot be written."""
+    if out.is_dir():
+        raise ExportError(f"cannot write {out}: it is a directory")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ExportError(f"cannot write {out}: directory {parent} does not exist")
+    probe = parent / f".{out.name}.{secrets.token_hex(4)}.probe"
+    try:
+        probe.open("x").close()  # a real write: os.access says yes to root on a read-only mount
+    except OSError as error:
+        raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
+    probe.unlink(missing_ok=True)
+    if out.exists():
+        try:
+            out.open("a").close()
+        except OSError as error:
+            raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
+
+
+def write_atomic(out: Path, text: str) -> None:
+    """Write to a temporary file beside `out`, then rename: a reader never sees half a file."""
+    partial = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        partial.write_text(text)
+        partial.replace(out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
 
 
 if __name__ == "__main__":

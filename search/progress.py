@@ -18,6 +18,7 @@ import tqdm
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import hide_passwords
+from objective.objective import is_feasible
 
 log = logging.getLogger("search")
 
@@ -96,19 +97,11 @@ class Summary:
 
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     best_own: FrozenTrial | None = None
-    failures_in_a_row: int = 0
-    last_failure: str | None = None
     not_run: int = 0  # prefetched trials a stop came too late for (FAILED, "not run")
 
     def add(self, trial: FrozenTrial) -> None:
         self.states[trial.state.name] += 1
-        if trial.state == TrialState.FAIL:
-            self.failures_in_a_row += 1
-            self.last_failure = trial.user_attrs.get("fail_reason")
-        else:
-            self.failures_in_a_row = 0
-        feasible = all(value <= 0 for value in trial.constraints.values())
-        if (trial.state == TrialState.COMPLETE and feasible and trial.value is not None
+        if (trial.state == TrialState.COMPLETE and is_feasible(trial) and trial.value is not None
                 and (self.best_own is None or trial.value < (self.best_own.value or float("inf")))):
             self.best_own = trial
 

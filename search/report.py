@@ -21,9 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
 from objective.errors import UserError
-from studies.export import check_writable, open_study
+from search.export import accuracy_target, check_writable, write_atomic
 from studies.spec import validate_study_name
-from studies.storage import resolve_url
+from studies.storage import load_existing, resolve_url
 
 
 def accuracy_vs_seconds(trials: list[FrozenTrial], target: float) -> go.Figure:
@@ -47,7 +47,7 @@ def accuracy_vs_seconds(trials: list[FrozenTrial], target: float) -> go.Figure:
 
 def figures(study: optuna.Study) -> list[go.Figure]:
     trials = study.get_trials(deepcopy=False)
-    target = float(study.user_attrs.get("accuracy_target", 0.99))
+    target = accuracy_target(study.user_attrs)
     shown = [optuna.visualization.plot_optimization_history(study)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if len(complete) >= 2 and len({str(t.params) for t in complete}) >= 2:
@@ -79,14 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate_study_name(args.study)
         check_writable(Path(args.out))  # before reading: a bad path is the answer, not a late surprise
-        study = open_study(url, args.study)  # never creates a database or tables
-        page = render(study)
-        Path(args.out).write_text(page)
+        study = load_existing(url, args.study)  # never creates a database, tables or a study
+        write_atomic(Path(args.out), render(study))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({len(study.trials)} trials of {args.study})")
     return 0

@@ -1,46 +1,50 @@
 """Bounded retries of the worker's storage calls: a database that restarts or blinks costs a
 reconnect and a log line, not a trial; one that stays away past --db-patience ends the worker.
 
-`RetryingStorage` is the study's storage: Optuna's own caching wrapper around an RDBStorage, with
-every call that reaches the database passed through `Retry.call`. So every storage call of the loop
-— the stale-trial check, ask, the objective's suggest and attribute writes, tell, the budget count,
-the best-trial read — is retried in one place, and neither the loop, the objective nor Optuna's
-sampler needs a try/except of its own.
+`RetryingStorage` is the study's storage. It wraps Optuna's own cached RDBStorage by composition:
+each method of Optuna's storage and heartbeat interfaces is written out below and passes its call
+through `Retry.call`, so every storage call of the loop — ask, suggest, the objective's attribute
+writes, tell, the budget count, the stale check — is retried in one place. An abstract method that
+a new Optuna release adds makes the class abstract, so the worker fails at start instead of
+running that call un-retried.
 
 - Transient: the driver lost its connection or could not open one (SQLAlchemy's OperationalError,
   InterfaceError, DisconnectionError, also when Optuna wraps them in a StorageInternalError). The
   pool pre-pings, so the next attempt gets a fresh connection. Any other error propagates at once.
-- Backoff: 1, 2, 4, 8, then 16 s between attempts, each waiting logged as one line; the worker
-  gives up with `DatabaseUnavailable` once one call has failed for `patience` seconds (or made
-  the attempts that fit in them, whichever comes first).
+- Backoff: 1, 2, 4, 8, then 16 s between attempts, each wait logged as one line; the worker gives
+  up with `DatabaseUnavailable` once one call has failed for `patience` seconds (or made the
+  attempts that fit in them, whichever comes first).
 - Idempotent: a write retried after its connection died may have committed already. Optuna's
   attribute and parameter writes are upserts; a state change (tell, or taking a waiting trial)
   whose answer may have been lost is checked against the stored trial, and one already in the
   asked-for state counts as done. SQLite's errors are never such a case: it runs in this process,
   so "database is locked" means nothing was written, and the trial in that state is another
-  worker's (counting it as ours ran one trial in two workers).
+  worker's (counting it as ours would run one trial in two workers).
 - Only the thread that opened the storage retries, and threads it hands its work to (`adopt_thread`:
-  the --prefetch pipeline's). The heartbeat thread's calls fail at once: it logs and tries again at
-  its next beat, and must never hold up the end of a trial.
+  --prefetch's). The heartbeat thread's calls fail at once: it logs and tries again at its next
+  beat, and must never hold up the end of a trial.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage, _CachedStorage
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from objective.errors import first_line
+from search.optuna_internals import HeartbeatInterface, cached, stale_trial_ids
 
 log = logging.getLogger("search")
 
@@ -54,12 +58,7 @@ T = TypeVar("T")
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database stayed unreachable for the whole patience; `trial` is the number of the trial
-    the worker was running then, if any."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.trial: int | None = None
+    """The database stayed unreachable for the whole patience."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -143,12 +142,13 @@ class Retry:
                 self.sleep(delay)
 
 
-class RetryingStorage(_CachedStorage):
-    """Optuna's caching RDBStorage wrapper (what `create_study(storage=RDBStorage)` builds), with
-    each database call retried by `retry`. Pass it where a storage goes; Optuna uses it as is."""
+class RetryingStorage(BaseStorage, HeartbeatInterface):
+    """`backend` behind Optuna's read cache, each call retried by `retry`. Pass it where a storage
+    goes (`create_study(storage=...)`); Optuna uses it as it would the RDBStorage."""
 
     def __init__(self, backend: RDBStorage, retry: Retry) -> None:
-        super().__init__(backend)
+        self.backend = backend
+        self.inner = cached(backend)
         self.retry = retry
         self._retrying = {threading.get_ident()}
         self._local = threading.local()  # .depth > 0 inside a retried call: its calls are that attempt
@@ -167,6 +167,53 @@ class RetryingStorage(_CachedStorage):
         finally:
             self._local.depth = depth
 
+    # -- studies ---------------------------------------------------------------------------------
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self._retried("create_new_study", lambda: self.inner.create_new_study(directions, study_name))
+
+    def delete_study(self, study_id: int) -> None:
+        self._retried("delete_study", lambda: self.inner.delete_study(study_id))
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retried("set_study_user_attr", lambda: self.inner.set_study_user_attr(study_id, key, value))
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retried("set_study_system_attr", lambda: self.inner.set_study_system_attr(study_id, key, value))
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._retried("get_study_id_from_name", lambda: self.inner.get_study_id_from_name(study_name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._retried("get_study_name_from_id", lambda: self.inner.get_study_name_from_id(study_id))
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._retried("get_study_directions", lambda: self.inner.get_study_directions(study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retried("get_study_user_attrs", lambda: self.inner.get_study_user_attrs(study_id))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retried("get_study_system_attrs", lambda: self.inner.get_study_system_attrs(study_id))
+
+    def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
+        return self._retried("get_all_studies", self.inner.get_all_studies)
+
+    # -- trials ----------------------------------------------------------------------------------
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._retried("create_new_trial",
+                             lambda: self.inner.create_new_trial(study_id, template_trial))
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        self._retried("set_trial_param", lambda: self.inner.set_trial_param(
+            trial_id, param_name, param_value_internal, distribution))
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._retried("get_trial_id", lambda: self.inner.get_trial_id_from_study_id_trial_number(
+            study_id, trial_number))
+
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
         answer_lost = False  # an earlier attempt may have committed without our hearing it
@@ -174,9 +221,9 @@ class RetryingStorage(_CachedStorage):
         def attempt() -> bool:
             nonlocal answer_lost
             try:
-                changed = _CachedStorage.set_trial_state_values(self, trial_id, state, values)
+                changed = self.inner.set_trial_state_values(trial_id, state, values)
             except UpdateFinishedTrialError:
-                if answer_lost and self._backend.get_trial(trial_id).state == state:
+                if answer_lost and self.backend.get_trial(trial_id).state == state:
                     return True  # the attempt whose connection died had committed it
                 raise
             except Exception as error:
@@ -185,28 +232,45 @@ class RetryingStorage(_CachedStorage):
             if not changed and answer_lost and state == TrialState.RUNNING:
                 # Taking a waiting trial: RUNNING now most likely means the lost attempt took it.
                 # Taking it again is safe either way: a trial run twice is told once.
-                return self._backend.get_trial(trial_id).state == TrialState.RUNNING
+                return self.backend.get_trial(trial_id).state == TrialState.RUNNING
             return changed
 
         return self._retried("set_trial_state_values", attempt)
 
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retried("set_trial_intermediate_value", lambda: self.inner.set_trial_intermediate_value(
+            trial_id, step, intermediate_value))
 
-def _wrap(name: str) -> Callable[..., Any]:
-    method = getattr(_CachedStorage, name)
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retried("set_trial_user_attr", lambda: self.inner.set_trial_user_attr(trial_id, key, value))
 
-    @functools.wraps(method)
-    def retried(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._retried(name, lambda: method(self, *args, **kwargs))
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retried("set_trial_system_attr", lambda: self.inner.set_trial_system_attr(trial_id, key, value))
 
-    return retried
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._retried("get_trial", lambda: self.inner.get_trial(trial_id))
 
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._retried("get_all_trials", lambda: self.inner.get_all_trials(study_id, deepcopy, states))
 
-# Every _CachedStorage method that reaches the database, except record_heartbeat (the heartbeat
-# thread's own business) and set_trial_state_values (above, with its idempotency check).
-for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-              "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
-              "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_best_trial",
-              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-              "get_trial", "get_all_trials", "_get_stale_trial_ids"):
-    setattr(RetryingStorage, _name, _wrap(_name))
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        # The cache's own: one query, where BaseStorage's default reads every complete trial.
+        return self._retried("get_best_trial", lambda: self.inner.get_best_trial(study_id))
+
+    def remove_session(self) -> None:
+        self.backend.remove_session()
+
+    # -- heartbeats: never retried (module docstring) --------------------------------------------
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.inner.record_heartbeat(trial_id)
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._retried("stale trial check", lambda: stale_trial_ids(self.inner, study_id))
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.inner.get_heartbeat_stale_trial_callback()

@@ -25,6 +25,8 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from search.optuna_internals import HeartbeatInterface
+
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Mark trials of dead workers FAILED (the storage's callback queues each one's retry)."""
@@ -33,26 +35,18 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def requeue_orphans(study: optuna.Study) -> list[int]:
+def requeue_orphans(study: optuna.Study, storage: HeartbeatInterface, grace_period: float) -> list[int]:
     """Queue the retry that a checker died before queueing; returns the orphans' numbers."""
-    storage = study._storage  # not public API, but a stable attribute
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    callback = storage.get_heartbeat_stale_trial_callback()
     if callback is None:
         return []
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=_grace_period(storage))
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
     orphans = [t for t in trials if t.number not in retried and _failed_by_stale_check(t, cutoff)]
     for orphan in orphans:
         callback(study, copy.deepcopy(orphan))
     return [orphan.number for orphan in orphans]
-
-
-def _grace_period(storage: optuna.storages.BaseStorage) -> float:
-    """The storage's grace period; Optuna's own default where none was given."""
-    backend = getattr(storage, "_backend", storage)  # under Optuna's caching wrapper
-    interval = getattr(backend, "heartbeat_interval", None) or 0
-    return getattr(backend, "grace_period", None) or 2 * interval
 
 
 def _failed_by_stale_check(trial: FrozenTrial, cutoff: datetime.datetime) -> bool:

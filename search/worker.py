@@ -5,10 +5,13 @@ A GPU worker holds its GPU exclusively (a lock file per GPU on the host; --share
 in to sharing). CPU workers take no lock: they share the cores, so give each one --threads.
 
 Stops (the running trial always finishes first): --n-trials trials run by this worker, --timeout
-seconds of searching, the study's budget ([study] n_trials finished trials, all workers together)
-reached, or a SIGINT/SIGTERM. A second signal aborts the running trial (recorded as FAILED).
-With --prefetch (search/pipeline.py) a stop by signal or --timeout finds the next trial already
-asked: it is told FAILED, "not run".
+seconds of searching, the study's budget ([study] n_trials finished trials, all workers together,
+or [study] minutes since it was created) reached, or a SIGINT/SIGTERM. A second signal aborts the
+running trial (recorded as FAILED). search/loop.py shows a trial's whole life.
+
+--prefetch (on by default for a GPU worker, off for a CPU one: search/prefetch.py) asks the next
+trial while this one trains; a stop by signal or --timeout then finds it asked: it is told FAILED,
+"not run".
 
 A database that goes away mid-run (a restart, a network blip) is waited for: each storage call is
 retried with backoff (1, 2, 4, 8, then 16 s), with one log line per wait, for up to --db-patience
@@ -26,13 +29,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,15 @@ from objective.config import TrainConfig
 from objective.data import Mnist, load_resident, resolve_root
 from objective.errors import UserError
 from objective.objective import Objective
-from objective.trainer import RunResult, fingerprint, resolve_device, train_once
+from objective.trainer import RunResult, describe_fingerprint, fingerprint, resolve_device, train_once
 from search.device_lock import DeviceClaim, claim_device
-from search.pipeline import Pipeline
+from search.heartbeat import Heartbeat
+from search.loop import STORAGE_FAILURES, Stops, run_trials
+from search.optuna_internals import RDB_STORAGE_LOGGER
+from search.prefetch import run_trials_prefetching
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
 from search.signals import GracefulStop, WorkerInterrupted
-from search.trials import STORAGE_FAILURES, Started, finished_count, run
-from studies.export import describe
 from studies.note import study_note
 from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
 from studies.storage import (
@@ -70,8 +72,6 @@ from studies.storage import (
 log = logging.getLogger("search")
 
 DEFAULT_SPEC = "studies/mnist_fast.toml"
-# A worker whose every trial fails is burning its device on a bug: stop and say so.
-MAX_FAILURES_IN_A_ROW = 10
 
 
 def _whole_number(text: str) -> int:
@@ -136,10 +136,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds without a heartbeat after which a trial counts as its worker's death, "
                         f"turns FAILED and is retried; give every worker of a study the same (default "
                         f"{GRACE_PERIOD})")
-    p.add_argument("--prefetch", action="store_true",
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction,
                    help="ask and suggest the next trial, and tell the last one, on a background thread "
-                        "while this one trains: for short (GPU) trials, where the storage work is a "
-                        "large share of each; a stop then finds one trial asked, which turns FAILED "
+                        "while this one trains (default: on for a GPU, off for the CPU, whose timed run "
+                        "the thread would slow); a stop then finds one trial asked, which turns FAILED "
                         "as not run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--verbose", action="store_true",
@@ -151,10 +151,12 @@ def parser() -> argparse.ArgumentParser:
 class Worker:
     spec: StudySpec
     study: optuna.Study
+    storage: RetryingStorage
     objective: Objective
-    device: torch.device
     claim: DeviceClaim | None
     trial_attrs: dict[str, Any]  # stored on every trial this worker runs
+    prefetch: bool  # search/prefetch.py
+    grace_period: float
     deadline: float | None = None  # time.time() past which no trial starts: [study] minutes
 
 
@@ -179,7 +181,7 @@ def device_key(device: torch.device) -> str:
         return str(device)
 
 
-def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
+def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     """Everything that can fail on bad input happens here, and the study is made last: a bad spec,
     device, data folder or storage URL never leaves a half-made study behind."""
     spec = load_spec(args.spec or default_spec())
@@ -209,7 +211,7 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     log.info("yardstick: the seed recipe takes %.3f s here; a run past %.3f s is stopped",
              baseline, objective.time_limit())
     seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
-    note = study_note(spec, baseline, describe(fingerprint(device)))
+    note = study_note(spec, baseline, describe_fingerprint(fingerprint(device)))
     study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name, note=note)
     if not created:
         check_same_recipe(study, spec, url)
@@ -217,13 +219,14 @@ def prepare(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     log.info("%s study %r in %s from %s: device %s (%d CPU thread%s), sampler %s seed %s, pid %d",
              "created" if created else "joined", name, mask(url), spec.source, device, threads,
              "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
-    # --prefetch is recorded because its background thread can slow the timed run beside it.
+    prefetch = args.prefetch if args.prefetch is not None else device.type == "cuda"
+    # prefetch is recorded because its background thread can slow the timed run beside it.
     trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                              "shared_device": bool(claim and claim.shared), "prefetch": args.prefetch}}
+                              "shared_device": bool(claim and claim.shared), "prefetch": prefetch}}
     created = study.user_attrs.get("created_at")
     deadline = (created + 60 * spec.minutes
                 if spec.minutes is not None and isinstance(created, float | int) else None)
-    return Worker(spec, study, objective, device, claim, trial_attrs, deadline)
+    return Worker(spec, study, storage, objective, claim, trial_attrs, prefetch, args.grace_period, deadline)
 
 
 def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
@@ -255,136 +258,60 @@ def interruptible(train: Train, stop: GracefulStop) -> Train:
     return run
 
 
-def stop_reason(args: argparse.Namespace, stop: GracefulStop, ran: int, started: float,
-                summary: Summary, ahead: float = 0.0) -> str | None:
-    """Why no further trial should start after `ran` trials (the ones this worker ran or runs),
-    reading nothing from the storage; `ahead` seconds from now, for a prefetch. None to go on."""
-    if stop.requested:
-        return f"{_signal_name(stop)} received"
-    if args.n_trials is not None and ran >= args.n_trials:
-        return f"ran --n-trials {args.n_trials}"
-    if args.timeout is not None and time.monotonic() + ahead - started >= args.timeout:
-        return f"--timeout {args.timeout:g} s passed"
-    if summary.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-        return (f"{summary.failures_in_a_row} trials in a row failed (last: {summary.last_failure}); "
-                "rerun with --verbose for the tracebacks")
-    return None
-
-
-def budget_reason(worker: Worker, in_flight: int) -> str | None:
-    """Why no trial should start: the study's budget, counting every worker's finished trials and
-    this worker's `in_flight` one (a prefetch is asked while a trial trains)."""
-    if worker.deadline is not None and time.time() >= worker.deadline:
-        return f"the study's budget is reached ({worker.spec.minutes:g} minutes since it was created)"
-    finished = finished_count(worker.study)
-    if finished + in_flight < worker.spec.n_trials:
-        return None
-    running = ", and this worker's last one" if in_flight else ""
-    return f"the study's budget is reached ({finished} of {worker.spec.n_trials} trials finished{running})"
-
-
-def _signal_name(stop: GracefulStop) -> str:
-    return signal.Signals(stop.signum or signal.SIGINT).name
-
-
-def search(worker: Worker, args: argparse.Namespace, stop: GracefulStop) -> int:
-    summary = Summary()
+def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> int:
+    """Run trials until a stop (search/loop.py, or search/prefetch.py); returns the exit code."""
+    study, summary = worker.study, Summary()
     bar = ProgressBar(args.n_trials, enabled=not args.no_progress)
+    heartbeat = Heartbeat(study, worker.storage, worker.grace_period)
+    stops = Stops(signals, n_trials=args.n_trials, timeout=args.timeout, budget=worker.spec.n_trials,
+                  minutes=worker.spec.minutes, deadline=worker.deadline)
 
-    def on_finished(trial: FrozenTrial) -> None:  # on the background thread with --prefetch
+    def on_told(trial: FrozenTrial) -> None:  # on the background thread with --prefetch
         summary.add(trial)
-        best = best_trial(worker.study)
+        best = best_trial(study)
         log.info(trial_line(trial, best))
         bar.update(best)
 
-    pipe = Pipeline(worker.study, worker.objective, worker.trial_attrs, args.prefetch, on_finished)
-    started = time.monotonic()
+    def on_released(trial: FrozenTrial) -> None:
+        summary.not_run += 1
+        log.info("trial %d FAIL | %s", trial.number, trial.user_attrs.get("fail_reason"))
+
     try:
-        reason, exit_code = run_trials(worker, args, stop, pipe, summary, started)
+        heartbeat.check_stale()  # a dead worker's trials, before asking: its retry may be waiting
+        if worker.prefetch:
+            reason = run_trials_prefetching(study, worker.objective, heartbeat, stops, worker.trial_attrs,
+                                            on_told, on_released, worker.storage.adopt_thread)
+        else:
+            reason = run_trials(study, worker.objective, heartbeat, stops, worker.trial_attrs, on_told)
         bar.close()
-        for line in summary.lines(reason, worker.study, time.monotonic() - started):
+        for line in summary.lines(reason, study, time.monotonic() - stops.started):
             log.info(line)
     except DatabaseUnavailable as error:
-        held = sorted(set(pipe.held()) | ({error.trial} if error.trial is not None else set()))
-        running = "no trial was running"
+        held, running = heartbeat.held(), "no trial was running"
         if held:
-            running = (f"{_trials(held)} RUNNING until {'its' if len(held) == 1 else 'their'} heartbeat "
-                       f"is {args.grace_period} s old, then the next worker to look marks "
-                       f"{'it' if len(held) == 1 else 'them'} FAILED and queues a retry")
+            one = len(held) == 1
+            running = (f"trial{'' if one else 's'} {', '.join(map(str, held))} stay{'s' if one else ''} "
+                       f"RUNNING until {'its' if one else 'their'} heartbeat is {worker.grace_period:g} s "
+                       f"old, then the next worker to look marks {'it' if one else 'them'} FAILED and "
+                       "queues a retry")
         say_error(f"{error}; gave up after --db-patience {args.db_patience:g} s: {running}", args)
         return 1
     except STORAGE_FAILURES as error:
         say_error(f"the storage failed mid-run: {storage_failure(error)}", args)
         return 1
     finally:
-        pipe.close()
+        heartbeat.close()
         bar.close()
         if worker.claim is not None:
             worker.claim.release()
-    # A second signal between two trials aborted nothing, but it still asked for an abort.
-    return stop.exit_code if stop.aborted else exit_code
-
-
-def run_trials(worker: Worker, args: argparse.Namespace, stop: GracefulStop, pipe: Pipeline,
-               summary: Summary, started: float) -> tuple[str, int]:
-    """Train trial after trial until a stop; the storage work goes through `pipe`. With --prefetch
-    the next trial is started (asked, suggested) while this one trains. Returns (why it stopped,
-    exit code)."""
-    ran, run_seconds = 0, 0.0
-    upcoming: Future[Started[Any] | str] | None = None
-    reason: str | None = None
-    exit_code = 0
-    while reason is None:
-        if upcoming is None:
-            if (reason := stop_reason(args, stop, ran, started, summary)) is not None:
-                break
-            upcoming = pipe.start(lambda: budget_reason(worker, in_flight=0))
-        trial, upcoming = upcoming.result(), None
-        pipe.check()
-        if isinstance(trial, str):
-            reason = trial
-        elif (reason := stop_reason(args, stop, ran, started, summary)) is not None:
-            release(pipe, trial, reason, summary)  # asked before the stop came
-        else:
-            wanted = stop_reason(args, stop, ran + 1, started, summary, ahead=run_seconds) is None
-            if args.prefetch and wanted:
-                upcoming = pipe.start(lambda: budget_reason(worker, in_flight=1))
-            log.debug("trial %d started", trial.trial.number)
-            run_start = time.monotonic()
-            outcome = run(worker.objective, trial)
-            run_seconds = time.monotonic() - run_start
-            ran += 1
-            pipe.finish(trial, outcome)
-            if stop.aborted:
-                reason, exit_code = f"aborted on a second {_signal_name(stop)}", stop.exit_code
-    if upcoming is not None and isinstance(prefetched := upcoming.result(), Started):
-        release(pipe, prefetched, reason, summary)
-    pipe.drain()
-    if summary.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-        exit_code = exit_code or 1
-    return reason, exit_code
-
-
-def release(pipe: Pipeline, trial: Started[Any], reason: str, summary: Summary) -> None:
-    """End a prefetched trial the stop came too late for: FAILED, "not run", and said so."""
-    released = pipe.release(trial, reason).result()
-    summary.not_run += 1
-    log.info("trial %d FAIL | %s", released.number, released.user_attrs.get("fail_reason"))
-
-
-def _trials(numbers: list[int]) -> str:
-    if len(numbers) == 1:
-        return f"trial {numbers[0]} stays"
-    return f"trials {', '.join(map(str, numbers))} stay"
+    return stops.exit_code
 
 
 def quiet_optuna() -> None:
     """The worker's own lines are what a user reads: Optuna's INFO chatter and its warnings about
     experimental APIs (heartbeats with ask-and-tell, fail_stale_trials) would drown them."""
     optuna.logging.set_verbosity(logging.WARNING)
-    # The RDB storage logs a warning for each database error before raising it; search/retry.py
-    # already reports every such error once, with its retry, so that warning only repeats it.
-    logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
+    logging.getLogger(RDB_STORAGE_LOGGER).setLevel(logging.ERROR)  # search/retry.py says it once
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
@@ -404,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(verbose=args.verbose, secrets=secrets_of(resolve_url(args.storage)))
     try:
-        worker = prepare(args, stop)
+        worker = open_worker(args, stop)
     except UserError as error:
         say_error(str(error), args)
         return 2

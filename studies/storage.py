@@ -1,4 +1,5 @@
-"""Storage URL -> RDBStorage tuned for many workers, and spec -> Optuna study, race-safe.
+"""Storage URL -> RDBStorage tuned for many workers, spec -> Optuna study (race-safe), and an
+existing study opened for reading (export, report) without creating anything.
 
 - SQLite (the embedded default, `sqlite:///optuna.db` in the working directory): WAL journal so
   readers (the dashboard) never block the writer, and a long busy timeout so concurrent workers
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -183,11 +185,39 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
 
 
 def load_existing(url: str, study_name: str) -> optuna.Study:
-    """A study that must already exist (export, report): a missing one is an error naming those
-    that do exist, never a silently created empty study."""
-    storage = open_storage(url, heartbeat=False)
+    """A study that must already exist (export, report), opened without creating anything: a
+    missing SQLite file, a database without Optuna's tables or a missing study is an error (the
+    latter naming the studies that do exist), never a new empty database, schema or study."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":  # sqlite would create a missing file on connect
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise StorageError(f"storage {mask(url)!r} is not a SQLite database file")
+        if not Path(database).is_file():
+            raise StorageError(f"no SQLite database at {database} (from {mask(url)!r})")
+    _require_optuna_schema(url, parsed)
+    try:
+        storage = open_storage(url, heartbeat=False)
+    except RuntimeError as error:  # e.g. Optuna's schema-version check
+        raise StorageError(f"cannot read {mask(url)}: {first_line(error)}") from None
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise StorageError(f"no study {study_name!r} in {mask(url)}; studies there: {names}") from None
+
+
+def _require_optuna_schema(url: str, parsed: URL) -> None:
+    """Opening an RDBStorage creates Optuna's tables where they are missing: a write, and in the
+    wrong database a mess. So look first, with a throwaway engine, and refuse a database without them."""
+    engine = sqlalchemy.create_engine(parsed, **engine_kwargs(parsed))
+    try:
+        with engine.connect() as connection:
+            present = sqlalchemy.inspect(connection).has_table("studies")
+    except sqlalchemy.exc.DBAPIError as error:
+        raise StorageError(f"cannot connect to {mask(url)}: {_first_line(error)}") from None
+    finally:
+        engine.dispose()
+    if not present:
+        raise StorageError(f"{mask(url)} holds no Optuna studies (no Optuna tables); "
+                           "check --storage or $OPTUNA_STORAGE")

@@ -15,8 +15,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from search.heartbeat import Heartbeat
+from search.loop import run_trial
 from search.retry import DatabaseUnavailable, Retry, RetryingStorage, is_transient
-from search.trials import run_trial
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import SMOKE, StandIn
@@ -114,7 +115,7 @@ def study(tmp_path: Path) -> optuna.Study:
 def commit_then_lose_the_answer(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The backend's state change commits, and then the connection dies before the answer arrives:
     the retry must see that it is done, not fail on a trial that is already finished."""
-    backend = study._storage._backend
+    backend = study._storage.backend
     real = backend.set_trial_state_values
     seen: list[str] = []
 
@@ -156,7 +157,7 @@ def reads_fail(study: optuna.Study, monkeypatch: pytest.MonkeyPatch) -> list[str
         calls.append(threading.current_thread().name)
         raise lost_connection()
 
-    monkeypatch.setattr(study._storage._backend, "_get_trials", down)
+    monkeypatch.setattr(study._storage.backend, "_get_trials", down)
     return calls
 
 
@@ -184,7 +185,7 @@ def test_a_waiting_trial_another_worker_took_while_sqlite_was_locked_is_not_take
     this one's write meets "database is locked" and nothing of it is written. The retry then finds
     the trial RUNNING, and must see it as the other worker's, not as its own lost answer."""
     other = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
-    backend = study._storage._backend
+    backend = study._storage.backend
     real = backend.set_trial_state_values
     seen: list[str] = []
 
@@ -234,8 +235,11 @@ def test_a_trial_ended_by_another_worker_meanwhile_is_dropped_not_fatal(
     def record(trial: optuna.Trial, value: float) -> None:
         trial.set_user_attr("accuracy", 0.99)
 
+    heartbeat = Heartbeat(study, study._storage, grace_period=20)
+
     with caplog.at_level(logging.WARNING, logger="search"):
-        trial = run_trial(study, StandIn(train, record), {})
+        trial = run_trial(study, StandIn(train, record), heartbeat, {})  # type: ignore[arg-type]
     assert trial.state == TrialState.FAIL and "accuracy" not in trial.user_attrs
     assert "was ended as FAIL by another worker" in caplog.text
-    assert run_trial(study, StandIn(lambda trial: 2.0), {}).state == TrialState.COMPLETE  # the loop goes on
+    again = run_trial(study, StandIn(lambda trial: 2.0), heartbeat, {})  # type: ignore[arg-type]
+    assert again.state == TrialState.COMPLETE  # the loop goes on

@@ -33,11 +33,12 @@ def test_a_retry_the_failing_worker_died_before_queueing_is_queued_once(sqlite_u
     study.enqueue_trial({"x": 0.4})
     study.tell(study.ask(), state=TrialState.FAIL)  # not a worker's: Study.optimize writes no reason
     fail_stale_trials(study)  # the whole path, for `stale`: FAILED, then its retry queued
-    assert requeue_orphans(study) == []  # within the grace period a live checker is still queueing
+    # Within the grace period a live checker is still queueing.
+    assert requeue_orphans(study, study._storage, GRACE) == []
     time.sleep(PAST_GRACE)
 
-    assert requeue_orphans(study) == [orphan.number]
-    assert requeue_orphans(study) == []
+    assert requeue_orphans(study, study._storage, GRACE) == [orphan.number]
+    assert requeue_orphans(study, study._storage, GRACE) == []
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert sorted((t.system_attrs["retry_history"], t.params["x"]) for t in waiting) == [
         ([stale.number], 0.1), ([orphan.number], 0.2)]

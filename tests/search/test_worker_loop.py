@@ -19,9 +19,12 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from search import loop
+from search.heartbeat import Heartbeat
+from search.loop import MAX_FAILURES_IN_A_ROW
+from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop, WorkerInterrupted
-from search.trials import run_trial
-from search.worker import MAX_FAILURES_IN_A_ROW, Worker, check_same_recipe, search
+from search.worker import Worker, check_same_recipe, search
 from studies.spec import SpecError, StudySpec, load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import SMOKE, StandIn
@@ -41,14 +44,29 @@ def spec() -> StudySpec:
 
 @pytest.fixture
 def study(spec: StudySpec, sqlite_url: str) -> optuna.Study:
-    return create_or_load(spec, open_storage(sqlite_url), sampler_seed=0)[0]
+    storage = RetryingStorage(open_storage(sqlite_url), Retry())
+    return create_or_load(spec, storage, sampler_seed=0)[0]
+
+
+def run_trial(study: optuna.Study, objective: StandIn, attrs: dict[str, object]) -> optuna.trial.FrozenTrial:
+    """search.loop.run_trial with a heartbeat of its own, as the worker gives it."""
+    heartbeat = Heartbeat(study, study._storage, grace_period=20)
+    try:
+        return loop.run_trial(study, objective, heartbeat, attrs)  # type: ignore[arg-type]
+    finally:
+        heartbeat.close()
+
+
+def worker_for(study: optuna.Study, spec: StudySpec, objective: StandIn, prefetch: bool,
+               deadline: float | None = None) -> Worker:
+    return Worker(spec, study, study._storage, objective, None, {"worker": {"pid": 1}},  # type: ignore[arg-type]
+                  prefetch=prefetch, grace_period=20, deadline=deadline)
 
 
 def run_search(study: optuna.Study, spec: StudySpec, objective: Objective, n_trials: int | None = None,
                timeout: float | None = None, prefetch: bool = False, deadline: float | None = None) -> int:
-    worker = Worker(spec, study, StandIn(objective), torch.device("cpu"), None, {"worker": {"pid": 1}},  # type: ignore[arg-type]
-                    deadline=deadline)
-    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, prefetch=prefetch)
+    worker = worker_for(study, spec, StandIn(objective), prefetch, deadline)
+    args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     return search(worker, args, GracefulStop())
 
 
@@ -161,6 +179,7 @@ def test_heartbeats_keep_a_long_trial_alive_and_a_dead_workers_trial_is_retried(
         return 1.0
 
     time.sleep(4.5)  # past the grace period, with room for SQLite's whole-second timestamps
+    Heartbeat(study, storage, grace_period=3).check_stale()  # what a worker does before its first ask
     trial = run_trial(study, StandIn(long_trial), {})
     assert trial.state == TrialState.COMPLETE
     assert study.get_trials()[dead.number].state == TrialState.FAIL
@@ -226,8 +245,8 @@ def test_prefetch_a_trial_asked_before_a_stop_turns_failed_as_not_run(study: opt
         stop._handle(signal.SIGTERM, None)
         return 1.0
 
-    worker = Worker(spec, study, StandIn(signalled), torch.device("cpu"), None, {})  # type: ignore[arg-type]
-    args = argparse.Namespace(n_trials=None, timeout=None, no_progress=True, prefetch=True)
+    worker = worker_for(study, spec, StandIn(signalled), prefetch=True)
+    args = argparse.Namespace(n_trials=None, timeout=None, no_progress=True, db_patience=120)
     assert search(worker, args, stop) == 0
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]

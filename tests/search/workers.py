@@ -182,19 +182,19 @@ def silent_server() -> Iterator[int]:
 
 
 class StandIn:
-    """A stand-in objective in the worker's three phases (search/trials.py): `train(trial)` is the
-    training, on the main thread, returning the value; `record(trial, value)`, if given, writes
-    after it, where the real objective writes its attributes."""
+    """A stand-in objective in the steps search/loop.py takes: `train(trial)` is the training, on
+    the main thread, returning the value; `record(trial, value)`, if given, writes after it, where
+    the real objective writes its attributes."""
 
     def __init__(self, train: Callable[[optuna.Trial], float],
                  record: Callable[[optuna.Trial, float], None] | None = None) -> None:
         self.train = train
         self.write = record
 
-    def prepare(self, trial: optuna.Trial) -> optuna.Trial:
+    def plan(self, trial: optuna.Trial) -> optuna.Trial:
         return trial
 
-    def run(self, trial: optuna.Trial) -> float:
+    def train_seeds(self, trial: optuna.Trial) -> float:
         return self.train(trial)
 
     def record(self, trial: optuna.Trial, value: float) -> float:

@@ -5,8 +5,9 @@ traceback, no password anywhere in the output, and nothing written: no SQLite fi
 table in the Postgres database, the existing study unchanged.
 
 All cases run at once (a module fixture, a few at a time), because each pays for an interpreter and
-a torch import. Finer cases of one layer stay with that layer, in-process: spec validation in
-tests/studies/test_spec.py, objective.train's `main` in tests/objective/test_train_cli.py, export's
+a torch import; so the table holds one case per distinct error path, not one per rule. The rules stay
+with their layer, in-process: spec validation in tests/studies/test_spec.py, config validation in
+tests/objective/test_config.py, objective.train's `main` in tests/objective/test_train_cli.py, export's
 choices in tests/search/test_export.py."""
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
-import torch
 
 from studies.storage import CONNECT_TIMEOUT
 from tests.search.workers import FAST, SMOKE, Finished, WorkerProcess, offline_env, silent_server
@@ -34,7 +34,6 @@ from tests.search.workers import FAST, SMOKE, Finished, WorkerProcess, offline_e
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "hunter2-" + secrets.token_hex(4)  # a string no message could contain by chance
 MISSING_DB = f"fms_missing_{secrets.token_hex(4)}"
-NO_GPU = not torch.cuda.is_available()
 
 
 def mariadb_listens() -> bool:
@@ -68,84 +67,39 @@ PG = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:5432"  # trust auth ig
 DEMO = ["--storage", "{demo}", "--study", "demo"]  # the existing study, for export and report
 
 CASES: dict[str, Case] = {
-    # -- search.worker: the spec ------------------------------------------------------------------
-    "worker: malformed TOML": Case(WORKER, [], "is not valid TOML", spec="[study\nname = 'smoke'\n"),
-    "worker: unknown parameter": Case(
-        WORKER, [], "unknown parameter 'dropout'; searchable: ",
-        spec=smoke_with("[params.lr]", '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.5\n\n'
-                        "[params.lr]")),
-    "worker: wrong type": Case(
-        WORKER, [], "[params.lr] low must be a number, got 'a'", spec=smoke_with("low = 0.003", 'low = "a"')),
-    "worker: low above high": Case(
-        WORKER, [], "low (0.03) is greater than high (0.003)",
-        spec=smoke_with("low = 0.003\nhigh = 0.03", "low = 0.03\nhigh = 0.003")),
-    "worker: empty choices": Case(
-        WORKER, [], "[params.batch_size] choices must be a non-empty list",
-        spec=smoke_with("choices = [128, 256]", "choices = []")),
-    "worker: kernel that cannot fit 28x28": Case(
-        WORKER, [], "value 27 cannot be trained: conv1_kernel=27 and conv2_kernel=3 do not fit a 28x28 image",
-        spec=smoke_with("[params.lr]", '[params.conv1_kernel]\ntype = "int"\nlow = 3\nhigh = 27\n\n'
-                        "[params.lr]")),
-    "worker: width that cannot build": Case(
-        WORKER, [], "value 0 cannot be trained: conv1_width must be > 0",
-        spec=smoke_with("low = 8\nhigh = 24", "low = 0\nhigh = 24")),
-    "worker: unknown sampler": Case(
-        WORKER, [], "unknown sampler 'tpee'; choose one of tpe, ",
-        spec=smoke_with('name = "tpe"', 'name = "tpee"')),
-    "worker: start point outside its range": Case(
-        WORKER, [], "[[start]] #1 lr=0.5 is outside [params.lr]",
-        spec=smoke_with("[params.lr]", "[[start]]\nlr = 0.5\n\n[params.lr]")),
-    "worker: missing spec": Case(WORKER, ["--spec", "{dir}/no_such_spec.toml"], "cannot read spec"),
+    # One case per distinct way a tool can be handed bad input. The rules behind each are unit-tested
+    # where they live (every spec rule in tests/studies/test_spec.py, every config rule in
+    # tests/objective/test_config.py, objective.train's `main` in tests/objective/test_train_cli.py).
+    # -- search.worker: the spec (checked before the storage is touched: Postgres stays empty) -------
     "worker: bad spec, Postgres storage": Case(
         WORKER, ["--storage", "{postgres}"], "unknown sampler",
         spec=smoke_with('name = "tpe"', 'name = "bogus"')),
-    # -- search.worker: the storage ---------------------------------------------------------------
+    "worker: bad study name": Case(
+        WORKER, ["--study", "no spaces please", "--storage", "{postgres}"],
+        "study name 'no spaces please' is not allowed: use 1-128 letters"),
+    # -- search.worker: the storage URL, refused by the parser, by Postgres, by MySQL ----------------
     "worker: storage scheme typo": Case(
         WORKER, ["--storage", f"postgress://postgres:{PASSWORD}@127.0.0.1/x"],
         "unknown database 'postgress'; use sqlite, postgresql+psycopg"),
     "worker: database that does not exist": Case(
         WORKER, ["--storage", f"{PG}/{MISSING_DB}"], f'database "{MISSING_DB}" does not exist'),
-    "worker: unknown user": Case(
-        WORKER, ["--storage", f"postgresql+psycopg://fms_nobody:{PASSWORD}@127.0.0.1:5432/postgres"],
-        'role "fms_nobody" does not exist'),
     "worker: wrong password": Case(
         WORKER, ["--storage", f"mysql+pymysql://root:{PASSWORD}@127.0.0.1:3306/test"],
         "cannot connect to mysql+pymysql://root:***@127.0.0.1:3306/test: (1045, \"Access denied",
         skip=None if mariadb_listens() else "no MariaDB on 127.0.0.1:3306"),
-    "worker: bad study name": Case(
-        WORKER, ["--study", "no spaces please", "--storage", "{postgres}"],
-        "study name 'no spaces please' is not allowed: use 1-128 letters"),
-    # -- search.worker: options -------------------------------------------------------------------
+    # -- search.worker: options (argparse's type checks; the rest in-process below) -----------------
     "worker: --n-trials 0": Case(WORKER, ["--n-trials", "0"], "--n-trials: must be >= 1, got 0"),
-    "worker: --n-trials -1": Case(WORKER, ["--n-trials", "-1"], "--n-trials: must be >= 1, got -1"),
-    "worker: --timeout 0": Case(WORKER, ["--timeout", "0"], "--timeout: must be > 0 seconds"),
-    "worker: --threads 0": Case(WORKER, ["--threads", "0"], "--threads: must be >= 1"),
-    "worker: --db-patience 0": Case(WORKER, ["--db-patience", "0"], "--db-patience: must be > 0 seconds"),
     "worker: grace period not above the interval": Case(
         WORKER, ["--heartbeat-interval", "5", "--grace-period", "5"],
         "--grace-period (5 s) must be longer than --heartbeat-interval (5 s)"),
-    "worker: unknown option": Case(
-        WORKER, ["--n-trails", "3"], "unrecognized arguments: --n-trails 3 (see --help)"),
     "worker: password in a misspelt option": Case(
         WORKER, ["--storag", f"{PG}/x"],
         "unrecognized arguments: --storag postgresql+psycopg://postgres:***@127.0.0.1:5432/x"),
+    # -- search.worker: device and data -------------------------------------------------------------
     "worker: unknown device": Case(WORKER, ["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda"),
-    "worker: cuda without a GPU": Case(
-        WORKER, ["--device", "cuda"], "no usable CUDA GPU; use --device cpu",
-        skip=None if NO_GPU else "this machine has a GPU"),
     "worker: missing MNIST, no network": Case(
         WORKER, ["--data-dir", "{dir}/no-mnist"], "MNIST not found in", offline=True),
-    # -- objective.train ---------------------------------------------------------------------------
-    "train: unknown keys in the config file": Case(
-        TRAIN, ["--config", "{dir}/best.json"],
-        "unknown config key(s) dropout, learning_rate; known keys: lr",
-        files={"best.json": '{"learning_rate": 0.1, "dropout": 0.5}'}, offline=True),
-    "train: invalid JSON config": Case(
-        TRAIN, ["--config", "{dir}/bad.json"], "bad.json is not valid JSON",
-        files={"bad.json": '{"lr": 0.01,,}'}, offline=True),
-    "train: cuda without a GPU": Case(
-        TRAIN, ["--device", "cuda"], "no usable CUDA GPU", offline=True,
-        skip=None if NO_GPU else "this machine has a GPU"),
+    # -- objective.train: what `main` in-process cannot show ----------------------------------------
     "train: unknown option": Case(
         TRAIN, ["--bogus"], "unrecognized arguments: --bogus (see --help)", offline=True),
     "train: missing MNIST, no network": Case(TRAIN, ["--device", "cpu"], "MNIST not found in", offline=True),
@@ -269,9 +223,25 @@ def test_bad_input_is_one_error_line_and_exit_2(outcomes: dict[str, Outcome], na
     assert made <= set(CASES[name].files), made
 
 
-def test_at_least_twenty_cases_over_four_tools() -> None:
-    assert len(CASES) >= 20
+def test_every_tool_is_covered() -> None:
     assert {case.cli for case in CASES.values()} == {WORKER, TRAIN, EXPORT, REPORT}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--timeout", "0"], "--timeout: must be > 0 seconds"),
+    (["--threads", "0"], "--threads: must be >= 1, got 0"),
+    (["--db-patience", "0"], "--db-patience: must be > 0 seconds"),
+])
+def test_worker_option_values_are_checked_by_the_parser(args: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The other options with a type check, in-process: the same `error:` path as --n-trials above."""
+    from search.worker import parser
+
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_an_unreachable_host_is_one_error_line_within_the_connect_timeout(

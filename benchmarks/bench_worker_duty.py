@@ -8,7 +8,7 @@ database. Duty cycle = the timed seconds of its trials (every seed) / the search
 worker reports in its closing line ("ran N trial(s) in X s": from its first stale check to its
 last tell; the start-up, data load and yardstick come before). Also the trials' median seconds,
 so a loop that slows the timed run beside it shows. Each --checkout (another clone of the
-project, e.g. an older commit) runs the same, in turn, in the same run.
+project, e.g. an older commit) runs the same, interleaved with this one.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=150)
     parser.add_argument("--checkout", action="append", default=[], type=Path,
                         help="another clone to run as well (default: only this one)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat, in alternating order")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "mnist"))
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,22 +62,27 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}\n")
     print("| checkout | storage | searching s | duty cycle | overhead ms/trial | median trial s |")
     print("|---|---|---|---|---|---|")
-    for checkout in [ROOT, *args.checkout]:
-        for storage in ("SQLite (WAL)", "PostgreSQL"):
-            with tempfile.TemporaryDirectory() as scratch:
-                if storage.startswith("SQLite"):
-                    duty, searching, median = run_worker(checkout, f"sqlite:///{scratch}/duty.db",
-                                                         args.trials, args.data_dir)
-                else:
-                    name, url = fresh_postgres()
-                    try:
-                        duty, searching, median = run_worker(checkout, url, args.trials, args.data_dir)
-                    finally:
-                        drop_postgres(name)
-            overhead = 1000 * searching * (1 - duty) / args.trials
-            print(f"| {checkout.name} | {storage} | {searching:.1f} | {100 * duty:.1f} % | "
-                  f"{overhead:.0f} | {median:.3f} |", flush=True)
+    checkouts = [ROOT, *args.checkout]
+    for round_ in range(args.rounds):
+        # Each round reverses the order, so a host that speeds up or slows down favours no one.
+        for checkout in checkouts if round_ % 2 == 0 else checkouts[::-1]:
+            for storage in ("SQLite (WAL)", "PostgreSQL"):
+                duty, searching, median = measure(checkout, storage, args.trials, args.data_dir)
+                overhead = 1000 * searching * (1 - duty) / args.trials
+                print(f"| {checkout.name} | {storage} | {searching:.1f} | {100 * duty:.1f} % | "
+                      f"{overhead:.0f} | {median:.3f} |", flush=True)
 
+
+def measure(checkout: Path, storage: str, trials: int, data_dir: str) -> tuple[float, float, float]:
+    """`run_worker` on a fresh database of `storage`."""
+    if storage.startswith("SQLite"):
+        with tempfile.TemporaryDirectory() as scratch:
+            return run_worker(checkout, f"sqlite:///{scratch}/duty.db", trials, data_dir)
+    name, url = fresh_postgres()
+    try:
+        return run_worker(checkout, url, trials, data_dir)
+    finally:
+        drop_postgres(name)
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,9 @@ file and a fresh Postgres database: first --trials trials timed with nothing att
 overhead per trial), then --trials more with a SQLAlchemy listener that counts every statement and
 commit and charges it to the product's function that called into Optuna (stack walk, so this pass
 is not timed; on SQLite each transaction's BEGIN IMMEDIATE is a statement of its own). Both
-passes follow 20 warm-up trials on the same study. The counts say what a
+passes follow 20 warm-up trials on the same study. Last, Optuna's floor: its own `study.optimize`
+on a fresh study of the same storage settings (heartbeats on), the objective suggesting the same
+parameters and writing nothing else. The counts say what a
 shorter loop would have to remove; the duty-cycle benchmark says what it costs.
 """
 
@@ -21,10 +23,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import optuna
 from bench_duty_cycle import drop_postgres, fresh_postgres  # benchmarks/ is on sys.path
-from sleep_worker import run_loop
+from sleep_worker import SPEC, run_loop
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from objective.objective import suggest
+from studies.spec import load_spec
+from studies.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # studies/ is left out so that SQLite's BEGIN IMMEDIATE (studies/storage.py) counts for its caller,
@@ -76,6 +83,23 @@ def measure(url: str, trials: int) -> tuple[float, Counter]:
     return ms_per_trial, counter
 
 
+def optuna_floor(url: str, trials: int) -> float:
+    """Statements per trial of a bare `study.optimize` that only suggests the spec's parameters."""
+    spec = load_spec(SPEC)
+    study = optuna.create_study(storage=open_storage(url), study_name="floor",
+                                sampler=spec.make_sampler(0))
+
+    def suggest_only(trial: optuna.Trial) -> float:
+        for name, distribution in spec.space.items():
+            suggest(trial, name, distribution)
+        return 1.0
+
+    study.optimize(suggest_only, n_trials=WARM_UP)
+    with Counter() as counter:
+        study.optimize(suggest_only, n_trials=trials)
+    return sum(counter.statements.values()) / trials
+
+
 def report(storage: str, trials: int, ms_per_trial: float, counter: Counter) -> None:
     total = sum(counter.statements.values())
     print(f"\n{storage}: {ms_per_trial:.1f} ms per trial, {total / trials:.1f} statements and "
@@ -96,11 +120,16 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as scratch:
         report("SQLite (WAL)", args.trials, *measure(f"sqlite:///{scratch}/calls.db", args.trials))
+        floor = {"SQLite (WAL)": optuna_floor(f"sqlite:///{scratch}/calls.db", args.trials)}
     name, url = fresh_postgres()
     try:
         report("PostgreSQL 15", args.trials, *measure(url, args.trials))
+        floor["PostgreSQL 15"] = optuna_floor(url, args.trials)
     finally:
         drop_postgres(name)
+    for storage, statements in floor.items():
+        print(f"\nOptuna's own floor, {storage}: {statements:.1f} statements per trial "
+              "(study.optimize, the same suggests, nothing else)")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
     With `data`, each trial trains the seed recipe on it instead of sleeping."""
     spec = load_spec(SPEC)
     # One run per trial (a trial of fixed length), and the loop stops on n_trials/timeout only.
-    settings = dataclasses.replace(spec.objective, repeats=1)
+    settings = dataclasses.replace(spec.objective, repeats=1, crown_seeds=1)
     spec = dataclasses.replace(spec, n_trials=10**9, objective=settings)
     storage = RetryingStorage(open_storage(url), Retry())
     study, _ = create_or_load(spec, storage, sampler_seed=sampler_seed, study_name=study_name)

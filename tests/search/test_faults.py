@@ -262,7 +262,7 @@ def test_a_dropped_database_ends_the_worker_with_exit_1(spawn_worker: Spawn, pos
                                                         tmp_path: Path) -> None:
     """Not an outage that passes: the worker retries for --db-patience, then exits 1 with one line
     that quotes the database (not Optuna's generic wrapper message)."""
-    spec = spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 60000"})  # seconds per trial
+    spec = spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 20000"})  # a trial of seconds
     worker = spawn_worker("--spec", str(spec), "--storage", postgres_url, "--verbose", "--db-patience", "2",
                           *FAST)
     worker.wait_for("trial 0 started", timeout=STARTUP)

@@ -36,9 +36,10 @@ from optuna.trial import FrozenTrial, TrialState
 from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict
 from objective.data import load_resident, resolve_root
-from objective.errors import UserError, first_line
+from objective.errors import UserError
 from objective.objective import ACCURACY_TARGET, is_feasible
 from objective.trainer import describe_fingerprint, resolve_device, train_once
+from search.retry import storage_failure
 from studies.spec import validate_study_name
 from studies.storage import load_existing, mask, parse_url, resolve_url
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         say(f"error: {error}")
     except sqlalchemy.exc.SQLAlchemyError as error:
-        say(f"error: cannot read {mask(url)}: {first_line(getattr(error, 'orig', None) or error)}")
+        say(f"error: cannot read {mask(url)}: {storage_failure(error)}")
     return 2
 
 

@@ -206,21 +206,20 @@ def end(study: optuna.Study, objective: Objective, begun: Begun, ending: Ending,
     """Record how the trial ended and tell it. Returns the trial as stored."""
     trial = begun.trial
     value, state, reason = None, TrialState.FAIL, ending.failure
-    try:
-        if ending.pruned:
+    if ending.pruned:
+        state = TrialState.PRUNED
+    elif ending.trained is not None:
+        try:
+            value, state = objective.record(trial, ending.trained), TrialState.COMPLETE
+        except optuna.TrialPruned:
             state = TrialState.PRUNED
-        elif ending.trained is not None:
-            try:
-                value, state = objective.record(trial, ending.trained), TrialState.COMPLETE
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except (*STORAGE_FAILURES, UpdateFinishedTrialError):
-                raise
-            except Exception as error:
-                reason = failure_reason(error, trial.number)
-        return tell(study, trial, value, state, reason, heartbeat)
-    except UpdateFinishedTrialError:  # another worker ended it: a write to it raised
-        return tell(study, trial, None, TrialState.FAIL, None, heartbeat, ended_elsewhere=True)
+        except UpdateFinishedTrialError:  # another worker ended it: `tell` finds so and drops it
+            reason = "ended by another worker"
+        except STORAGE_FAILURES:
+            raise
+        except Exception as error:
+            reason = failure_reason(error, trial.number)
+    return tell(study, trial, value, state, reason, heartbeat)
 
 
 def release(study: optuna.Study, begun: Begun, why: str, heartbeat: Heartbeat) -> FrozenTrial:
@@ -229,16 +228,17 @@ def release(study: optuna.Study, begun: Begun, why: str, heartbeat: Heartbeat) -
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState,
-         fail_reason: str | None, heartbeat: Heartbeat, ended_elsewhere: bool = False) -> FrozenTrial:
+         fail_reason: str | None, heartbeat: Heartbeat) -> FrozenTrial:
     """Tell the study, unless another worker ended the trial meanwhile: then drop the result."""
+    dropped = False
     try:
-        if fail_reason is not None and not ended_elsewhere:
+        if fail_reason is not None:
             trial.set_user_attr("fail_reason", fail_reason)
         told = study.tell(trial, value, state=state, skip_if_finished=True)
-    except UpdateFinishedTrialError:
-        told, ended_elsewhere = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), True
+    except UpdateFinishedTrialError:  # a write to a trial another worker ended
+        told, dropped = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), True
     heartbeat.discard(trial)
-    if ended_elsewhere or told.state != state:
+    if dropped or told.state != state:
         log.warning("trial %d was ended as %s by another worker while it ran here (its heartbeat went "
                     "stale); a retry is queued and this run's result is dropped", told.number,
                     told.state.name)

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 
 from objective.objective import Objective
 from search.heartbeat import Heartbeat
-from search.loop import Begun, Stops, begin, end, release, train
+from search.loop import Begun, Ending, Stops, begin, end, release, train
 
 T = TypeVar("T")
 
@@ -49,8 +49,8 @@ class Background:
 
     def check(self, wait: bool = False) -> None:
         """Raise the error of a finished job (a storage failure ends the worker); `wait` for all."""
-        for future in self._pending:
-            if wait or future.done():
+        if wait:
+            for future in self._pending:
                 future.exception()
         done = [future for future in self._pending if future.done()]
         self._pending = [future for future in self._pending if not future.done()]
@@ -87,7 +87,7 @@ def run_trials_prefetching(study: optuna.Study, objective: Objective, heartbeat:
     def release_now(begun: Begun, why: str) -> None:
         on_released(background.submit(lambda: release(study, begun, why, heartbeat)).result())
 
-    def end_and_count(begun: Begun, ending: Any) -> None:
+    def end_and_count(begun: Begun, ending: Ending) -> None:
         told = end(study, objective, begun, ending, heartbeat)
         stops.count(told)
         on_told(told)

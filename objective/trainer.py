@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -64,14 +65,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fingerprint(device: torch.device) -> dict[str, str | int]:
-    """What a timing depends on; trials are compared only within one fingerprint."""
+    """What a timing depends on; trials are compared only within one fingerprint. `cores`: how
+    many cores the process may run on, its CPU lease (search/device_lock.py)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "device_type": device.type, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "cores": len(os.sched_getaffinity(0))}
 
 
 def describe_fingerprint(recorded: Mapping[str, object]) -> str:
-    """A fingerprint in words, for messages: `NVIDIA H100 80GB HBM3 (cuda, torch 2.14.1, 16 threads)`."""
+    """A fingerprint in words: `NVIDIA H100 80GB HBM3 (cuda, torch 2.14.1, 16 threads, 16 cores)`."""
     if not recorded:
         return "(no fingerprint)"
     device = recorded.get("device", "unknown device")
@@ -80,6 +82,8 @@ def describe_fingerprint(recorded: Mapping[str, object]) -> str:
         details.append(f"torch {recorded['torch']}")
     if "threads" in recorded:
         details.append(f"{recorded['threads']} threads")
+    if "cores" in recorded:
+        details.append(f"{recorded['cores']} cores")
     return f"{device} ({', '.join(details)})" if details else str(device)
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
@@ -38,7 +37,8 @@ from objective.config import ConfigError, TrainConfig, from_dict
 from objective.data import load_resident, resolve_root
 from objective.errors import UserError
 from objective.objective import ACCURACY_TARGET, is_feasible
-from objective.trainer import describe_fingerprint, resolve_device, train_once
+from objective.trainer import describe_fingerprint, train_once
+from search.placement import place
 from search.retry import storage_failure
 from studies.spec import validate_study_name
 from studies.storage import load_existing, mask, parse_url, resolve_url
@@ -122,13 +122,15 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     target = accuracy_target(study.user_attrs)
     used = len(trial.user_attrs.get("accuracies") or [None])
     seeds = verification_seeds(config, args.verify, used=used)
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    # Verification is timed like a trial, so it claims its device as a worker does, and waits.
+    device, claim = place(args.device, args.threads, wait=True, on_wait=say)
     data = load_resident(resolve_root(args.data_dir), device)
     say(f"verifying trial {trial.number} on {device} with seeds {seeds[0]}..{seeds[-1]} "
         f"(target {100 * target:.2f} %)")
-    block = verify(config, seeds, target, run=lambda c: train_once(c, data), progress=say)
+    try:
+        block = verify(config, seeds, target, run=lambda c: train_once(c, data), progress=say)
+    finally:
+        claim.release()
     if block["fingerprint"] != choice.fingerprint:
         say(f"note: verified on {describe_fingerprint(block['fingerprint'])}, not on the trial's "
             f"{describe_fingerprint(choice.fingerprint)}: compare the seconds with care")

@@ -2,7 +2,9 @@
 workers cooperate through the study's storage, and each runs trials until one of its stops.
 
 A GPU worker holds its GPU exclusively (a lock file per GPU on the host; --share-device to opt
-in to sharing). CPU workers take no lock: they share the cores, so give each one --threads.
+in to sharing); with --device auto it takes the first GPU no worker holds, or waits for one. A CPU
+worker leases the host's cores the same way (all of them, or --threads of them) and pins itself to
+them; a worker that finds too few free waits. search/device_lock.py says how.
 
 Stops (the running trial always finishes first): --n-trials trials run by this worker, --timeout
 seconds of searching, the study's budget ([study] n_trials finished trials, all workers together,
@@ -47,11 +49,12 @@ from objective.config import TrainConfig
 from objective.data import Mnist, load_resident, resolve_root
 from objective.errors import UserError
 from objective.objective import Objective
-from objective.trainer import RunResult, describe_fingerprint, fingerprint, resolve_device, train_once
-from search.device_lock import DeviceClaim, claim_device
+from objective.trainer import RunResult, describe_fingerprint, fingerprint, train_once
+from search.device_lock import Claim, WaitAbandoned
 from search.heartbeat import Heartbeat
 from search.loop import STORAGE_FAILURES, Stops, run_trials
 from search.optuna_internals import RDB_STORAGE_LOGGER
+from search.placement import place
 from search.prefetch import run_trials_prefetching
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
@@ -116,14 +119,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
                    help="start no trial after this many seconds of searching")
     p.add_argument("--device", metavar="DEVICE", default="auto",
-                   help="auto, cpu, cuda or cuda:N (default: auto)")
+                   help="auto, cpu, cuda or cuda:N (default: auto: the first GPU no worker holds, "
+                        "waiting while all are held; the CPU on a host without one)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="MNIST root holding MNIST/raw (default: $MNIST_DATA, else ~/.cache/fast-mnist)")
     p.add_argument("--threads", metavar="N", type=_at_least_one,
-                   help="CPU threads for torch (default: torch's choice)")
+                   help="CPU threads for torch; on the CPU, the cores leased (default: every core this "
+                        "process may use, so CPU workers without it run one at a time)")
     p.add_argument("--share-device", action="store_true",
-                   help="share the GPU with other --share-device workers (their timings disturb each other)")
-    p.add_argument("--wait-device", action="store_true", help="wait for a busy GPU instead of exiting")
+                   help="share the GPU, or the CPU cores, with other --share-device workers (their "
+                        "timings disturb each other)")
+    p.add_argument("--wait-device", action="store_true",
+                   help="wait for a busy GPU named by --device instead of exiting")
     p.add_argument("--sampler-seed", metavar="SEED", type=_seed,
                    help="sampler seed (default: the spec's [sampler] seed + this process's pid, so "
                         "workers started together do not all sample the same points)")
@@ -153,7 +160,7 @@ class Worker:
     study: optuna.Study
     storage: RetryingStorage
     objective: Objective
-    claim: DeviceClaim | None
+    claim: Claim
     trial_attrs: dict[str, Any]  # stored on every trial this worker runs
     prefetch: bool  # search/prefetch.py
     grace_period: float
@@ -172,15 +179,6 @@ def default_sampler_seed(spec: StudySpec) -> int | None:
     return None if spec.sampler_seed is None else (spec.sampler_seed + os.getpid()) % 2**32
 
 
-def device_key(device: torch.device) -> str:
-    """The lock key: the GPU's UUID, which names one physical GPU whatever CUDA_VISIBLE_DEVICES
-    renumbers it to in each process; the index where the UUID is unavailable."""
-    try:
-        return f"cuda-{torch.cuda.get_device_properties(device).uuid}"
-    except (AttributeError, RuntimeError):
-        return str(device)
-
-
 def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     """Everything that can fail on bad input happens here, and the study is made last: a bad spec,
     device, data folder or storage URL never leaves a half-made study behind."""
@@ -191,13 +189,8 @@ def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     if args.grace_period <= args.heartbeat_interval:
         raise UserError(f"--grace-period ({args.grace_period} s) must be longer than --heartbeat-interval "
                          f"({args.heartbeat_interval} s), or every running trial would count as dead")
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    claim = None
-    if device.type == "cuda":
-        claim = claim_device(device_key(device), shared=args.share_device, wait=args.wait_device,
-                             label=str(device), keep_waiting=lambda: not stop.requested, on_wait=log.info)
+    device, claim = place(args.device, args.threads, shared=args.share_device, wait=args.wait_device,
+                          keep_waiting=lambda: not stop.requested, on_wait=log.info)
     with stop.interruptible():
         data = load_resident(resolve_root(args.data_dir), device)
     storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
@@ -216,13 +209,14 @@ def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     if not created:
         check_same_recipe(study, spec, url)
     threads = torch.get_num_threads()
-    log.info("%s study %r in %s from %s: device %s (%d CPU thread%s), sampler %s seed %s, pid %d",
-             "created" if created else "joined", name, mask(url), spec.source, device, threads,
-             "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
+    log.info("%s study %r in %s from %s: device %s (%s %s, %d torch thread%s), sampler %s seed %s, pid %d",
+             "created" if created else "joined", name, mask(url), spec.source, device, claim.label,
+             "shared with other --share-device workers" if claim.shared else "held by this worker alone",
+             threads, "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
     prefetch = args.prefetch if args.prefetch is not None else device.type == "cuda"
     # prefetch is recorded because its background thread can slow the timed run beside it.
     trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                              "shared_device": bool(claim and claim.shared), "prefetch": prefetch}}
+                              "shared_device": claim.shared, "prefetch": prefetch}}
     created = study.user_attrs.get("created_at")
     deadline = (created + 60 * spec.minutes
                 if spec.minutes is not None and isinstance(created, float | int) else None)
@@ -302,8 +296,7 @@ def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> i
     finally:
         heartbeat.close()
         bar.close()
-        if worker.claim is not None:
-            worker.claim.release()
+        worker.claim.release()
     return stops.exit_code
 
 
@@ -338,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except STORAGE_FAILURES as error:  # the server went away between connecting and creating
         say_error(f"the storage failed while opening the study: {storage_failure(error)}", args)
         return 1
+    except WaitAbandoned as error:  # a signal while waiting for a device: nothing ran
+        log.info("stopped while waiting: %s", error)
+        return 0
     except WorkerInterrupted:  # a second signal while the data loaded: no trial exists yet
         return stop.exit_code
     return search(worker, args, stop)

@@ -97,6 +97,8 @@ CASES: dict[str, Case] = {
         "unrecognized arguments: --storag postgresql+psycopg://postgres:***@127.0.0.1:5432/x"),
     # -- search.worker: device and data -------------------------------------------------------------
     "worker: unknown device": Case(WORKER, ["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda"),
+    "worker: more threads than cores": Case(
+        WORKER, ["--threads", "999"], "--threads 999 asks for more cores than this process may use"),
     "worker: missing MNIST, no network": Case(
         WORKER, ["--data-dir", "{dir}/no-mnist"], "MNIST not found in", offline=True),
     # -- objective.train: what `main` in-process cannot show ----------------------------------------

@@ -1,5 +1,6 @@
 """The per-device lock, with real processes on a made-up GPU key (no GPU needed): one exclusive
-holder per device, sharers only among sharers, and a lock that dies with its process."""
+holder per device, sharers only among sharers, and a lock that dies with its process. Then the same
+locks over made-up lists of GPUs and cores: --device auto's first free GPU, and the CPU core lease."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from search.device_lock import DeviceBusy, claim_device, lock_path
+import search.placement
+from search.device_lock import (
+    DeviceBusy,
+    WaitAbandoned,
+    claim_cores,
+    claim_device,
+    claim_first_free,
+    core_list,
+    lock_path,
+)
+from search.placement import place
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "cuda:7"
@@ -87,7 +98,9 @@ def test_a_sharer_is_refused_by_an_exclusive_holder(claimers: list[subprocess.Po
     holder = claim_in_process(claimers, "exclusive")
     assert first_line(holder) == "held"
     sharer = claim_in_process(claimers, "shared")
-    assert first_line(sharer).startswith(f"busy: device {KEY} is held exclusively by another worker")
+    line = first_line(sharer)
+    assert line.startswith(f"busy: device {KEY} is in use by another worker (pid {holder.pid})"), line
+    assert "held exclusively" in line
 
 
 def test_the_lock_dies_with_its_process(claimers: list[subprocess.Popen[str]]) -> None:
@@ -123,3 +136,86 @@ def test_claims_in_one_process_conflict_too() -> None:
 def test_lock_files_are_named_safely(private_lock_dir: Path) -> None:
     assert lock_path("cuda:0") == private_lock_dir / "cuda_0.lock"
     assert lock_path("cuda-GPU-../../etc").parent == private_lock_dir
+
+
+def once_then_stop() -> tuple[list[str], Callable[[], bool]]:
+    """(lines the waiter announced, a keep_waiting that allows one poll): a wait, seen and ended."""
+    polls: list[None] = []
+
+    def keep_waiting() -> bool:
+        polls.append(None)
+        return len(polls) == 1
+
+    return [], keep_waiting
+
+
+GPUS = ["cuda-GPU-aaaa", "cuda-GPU-bbbb", "cuda-GPU-cccc"]  # three made-up GPUs' lock keys
+LABELS = ["cuda:0", "cuda:1", "cuda:2"]
+
+
+def test_auto_takes_the_first_gpu_nobody_holds_and_the_one_beyond_the_last_waits() -> None:
+    claims = [claim_first_free(GPUS, LABELS) for _ in GPUS]
+    assert [claim.index for claim in claims] == [0, 1, 2]
+    said, keep_waiting = once_then_stop()
+    with pytest.raises(WaitAbandoned):
+        claim_first_free(GPUS, LABELS, keep_waiting=keep_waiting, on_wait=said.append)
+    assert said == [f"every GPU is in use (cuda:0 by another worker (pid {os.getpid()}); cuda:1 by another "
+                    f"worker (pid {os.getpid()}); cuda:2 by another worker (pid {os.getpid()})); waiting "
+                    "for it to be free"]
+    claims[1].release()  # the worker on cuda:1 ends: the next one gets cuda:1, never a shared GPU
+    assert claim_first_free(GPUS, LABELS).index == 1
+
+
+def test_auto_spreads_workers_over_the_gpus_torch_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """place('auto') on a made-up host with two GPUs: each claim takes the next GPU, the third waits."""
+    monkeypatch.setattr(search.placement.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(search.placement.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(search.placement, "gpu_key", lambda device: f"cuda-fake-{device.index}")
+    placed = [place("auto", threads=None) for _ in range(2)]
+    assert [str(device) for device, _ in placed] == ["cuda:0", "cuda:1"]
+    with pytest.raises(WaitAbandoned, match="every GPU is in use"):
+        place("auto", threads=None, keep_waiting=lambda: False)
+
+
+CORES = [900, 901, 903]  # made-up core numbers: the lease never touches this host's real cores' files
+
+
+def test_a_core_lease_takes_every_core_by_default_and_the_next_worker_waits() -> None:
+    whole = claim_cores(None, cores=CORES)
+    assert whole.cores == (900, 901, 903) and whole.label == "cores 900-901,903"
+    said, keep_waiting = once_then_stop()
+    with pytest.raises(WaitAbandoned):
+        claim_cores(1, cores=CORES, keep_waiting=keep_waiting, on_wait=said.append)
+    assert said == [f"1 of cores 900-901,903 wanted, fewer are free (held by another worker (pid "
+                    f"{os.getpid()})); waiting for it to be free"]
+    whole.release()
+    assert claim_cores(1, cores=CORES).cores == (900,)
+
+
+def test_one_thread_workers_get_a_core_each_and_hold_none_while_waiting() -> None:
+    first, second = claim_cores(1, cores=CORES[:2]), claim_cores(1, cores=CORES[:2])
+    assert (first.cores, second.cores) == ((900,), (901,))
+    first.release()
+    # A worker that wants two cores finds one free: it waits holding nothing, so a one-core worker
+    # still gets the free core rather than deadlocking behind it.
+    with pytest.raises(WaitAbandoned):
+        claim_cores(2, cores=CORES[:2], keep_waiting=lambda: False)
+    assert claim_cores(1, cores=CORES[:2]).cores == (900,)
+
+
+def test_sharers_share_cores_but_an_exclusive_lease_waits_for_them() -> None:
+    sharers = [claim_cores(None, shared=True, cores=CORES) for _ in range(2)]
+    assert all(claim.shared and claim.cores == tuple(CORES) for claim in sharers)
+    with pytest.raises(WaitAbandoned):
+        claim_cores(1, cores=CORES, keep_waiting=lambda: False)
+
+
+def test_more_threads_than_cores_is_bad_input() -> None:
+    with pytest.raises(DeviceBusy, match=r"--threads 4 asks for more cores than this process may use "
+                                         r"\(3: 900-901,903\); pass --threads 3 or fewer"):
+        claim_cores(4, cores=CORES)
+
+
+def test_core_lists_read_like_taskset() -> None:
+    assert core_list([5, 0, 1, 2]) == "0-2,5"
+    assert core_list([3]) == "3"

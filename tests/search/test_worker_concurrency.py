@@ -10,11 +10,13 @@ not extra: whichever worker asks first after the study was created runs it as on
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from search.device_lock import core_list
 from studies.spec import load_spec
 from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, account
 
@@ -53,8 +55,10 @@ def test_three_workers_on_a_fresh_postgres_database(spawn_worker: Spawn, postgre
     workers = run_together(spawn_worker, ["--storage", postgres_url])
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert_exact_accounting(study, workers)
-    # CPU workers share the cores: none of them took a device lock.
-    assert list(Path(worker_env["FAST_MNIST_LOCK_DIR"]).iterdir()) == []
+    # Each ran on the one core it leased, and its trials' fingerprints say so.
+    fingerprints = {(t.user_attrs["fingerprint"]["threads"], t.user_attrs["fingerprint"]["cores"])
+                    for t in study.get_trials(deepcopy=False)}
+    assert fingerprints == {(1, 1)}
 
 
 def test_three_workers_on_the_default_sqlite_file(spawn_worker: Spawn, tmp_path: Path) -> None:
@@ -76,3 +80,27 @@ def test_a_worker_stops_at_the_study_budget(spawn_worker: Spawn, sqlite_url: str
     assert f"budget is reached ({n_trials} of {n_trials} trials finished)" in result.stdout
     study = optuna.load_study(study_name="smoke", storage=sqlite_url)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == n_trials
+
+
+def test_cpu_workers_without_flags_take_turns_on_the_cores(spawn_worker: Spawn, sqlite_url: str) -> None:
+    """Two CPU workers started with no --threads: each leases every core, so the second waits for
+    the first instead of running beside it. No two trials that ran at once used more torch threads
+    together than the host has cores."""
+    args = ["--spec", str(SMOKE), "--storage", sqlite_url, "--n-trials", "1", "--device", "cpu",
+            "--no-progress"]
+    host_cores = sorted(os.sched_getaffinity(0))
+    cores = len(host_cores)
+    workers = [spawn_worker(*args) for _ in range(2)]
+    for worker in workers:
+        assert worker.finish(timeout=180).returncode == 0, worker.output()
+    outputs = [worker.finish(timeout=1).stdout for worker in workers]
+    assert all(f"cores {core_list(host_cores)} held by this worker alone" in out for out in outputs), outputs
+    assert any("wanted, fewer are free" in out for out in outputs), outputs  # one waited for the other
+    trials = optuna.load_study(study_name="smoke", storage=sqlite_url).get_trials(deepcopy=False)
+    assert len(trials) == 2
+    for trial in trials:
+        assert (trial.user_attrs["fingerprint"]["threads"], trial.user_attrs["fingerprint"]["cores"]) == \
+            (cores, cores)
+    a, b = trials
+    overlap = a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+    assert not overlap, [(t.number, t.datetime_start, t.datetime_complete) for t in trials]

@@ -20,6 +20,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search import loop
+from search.device_lock import Claim
 from search.heartbeat import Heartbeat
 from search.loop import MAX_FAILURES_IN_A_ROW
 from search.retry import Retry, RetryingStorage
@@ -59,7 +60,9 @@ def run_trial(study: optuna.Study, objective: StandIn, attrs: dict[str, object])
 
 def worker_for(study: optuna.Study, spec: StudySpec, objective: StandIn, prefetch: bool,
                deadline: float | None = None) -> Worker:
-    return Worker(spec, study, study._storage, objective, None, {"worker": {"pid": 1}},  # type: ignore[arg-type]
+    # An empty claim: these workers train nothing, and search() releases it at the end.
+    claim = Claim("nothing", shared=True, handles=[])
+    return Worker(spec, study, study._storage, objective, claim, {"worker": {"pid": 1}},  # type: ignore[arg-type]
                   prefetch=prefetch, grace_period=20, deadline=deadline)
 
 

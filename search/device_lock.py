@@ -159,7 +159,7 @@ def _poll(attempt: Callable[[], Claim | None], wait: bool, keep_waiting: Callabl
         if not keep_waiting():
             raise WaitAbandoned(busy())
         if on_wait is not None and not announced:
-            on_wait(f"{busy()}; waiting for it to be free")
+            on_wait(f"{busy()}; waiting")
             announced = True
         time.sleep(POLL_SECONDS * random.uniform(0.5, 1.5))  # jitter: two waiters never retry in step
     return claim

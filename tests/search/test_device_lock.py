@@ -160,8 +160,7 @@ def test_auto_takes_the_first_gpu_nobody_holds_and_the_one_beyond_the_last_waits
     with pytest.raises(WaitAbandoned):
         claim_first_free(GPUS, LABELS, keep_waiting=keep_waiting, on_wait=said.append)
     assert said == [f"every GPU is in use (cuda:0 by another worker (pid {os.getpid()}); cuda:1 by another "
-                    f"worker (pid {os.getpid()}); cuda:2 by another worker (pid {os.getpid()})); waiting "
-                    "for it to be free"]
+                    f"worker (pid {os.getpid()}); cuda:2 by another worker (pid {os.getpid()})); waiting"]
     claims[1].release()  # the worker on cuda:1 ends: the next one gets cuda:1, never a shared GPU
     assert claim_first_free(GPUS, LABELS).index == 1
 
@@ -187,7 +186,7 @@ def test_a_core_lease_takes_every_core_by_default_and_the_next_worker_waits() ->
     with pytest.raises(WaitAbandoned):
         claim_cores(1, cores=CORES, keep_waiting=keep_waiting, on_wait=said.append)
     assert said == [f"1 of cores 900-901,903 wanted, fewer are free (held by another worker (pid "
-                    f"{os.getpid()})); waiting for it to be free"]
+                    f"{os.getpid()})); waiting"]
     whole.release()
     assert claim_cores(1, cores=CORES).cores == (900,)
 

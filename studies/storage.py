@@ -8,7 +8,8 @@ existing study opened for reading (export, report) without creating anything.
   "read the trial, then write it" (taking a waiting trial) was two steps, and two workers both
   read WAITING and both ran the trial. Holding the write lock from the read on makes it one step.
 - Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
-  connect timeout, so an unreachable host is an answer within seconds, not a hang.
+  connect timeout, so an unreachable host is an answer within seconds, not a hang; on Postgres,
+  TCP keepalives and a TCP user timeout end a connection cut off mid-call within seconds too.
 - Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
   and is re-enqueued by RetryHeartbeatStaleTrialCallback (at most MAX_RETRY times). The worker's
   --heartbeat-interval and --grace-period change the defaults below; give every worker of a study
@@ -94,6 +95,19 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    if url.get_backend_name() == "postgresql":
+        # A connection whose packets vanish (the network to the server cut, not refused) raises no
+        # error of its own: libpq waits on the socket while TCP retransmits for ~15 minutes
+        # (net.ipv4.tcp_retries2), or for hours when it was the server's answer that got lost. No
+        # storage call fails, so --db-patience never starts counting, and the worker hangs. So the
+        # kernel drops such a connection after 10 s (as CONNECT_TIMEOUT): data unacknowledged that
+        # long (tcp_user_timeout, ms), or a silent server, probed from 5 s on every 2 s (keepalives).
+        # The call fails, search/retry.py retries it on a new connection (waits 1, 2, 4, ... s)
+        # and the patience counts: a cut shorter than it costs a reconnect, a longer one exit 1.
+        # A live server's kernel acknowledges data and answers probes even while a slow query
+        # runs, so only a dead path ends a connection. tests/search/test_partition.py cuts one.
+        kwargs["connect_args"].update(keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                                      keepalives_count=3, tcp_user_timeout=CONNECT_TIMEOUT * 1000)
     if url.get_backend_name() == "mysql":
         kwargs["pool_recycle"] = 3600  # MySQL closes idle connections after wait_timeout
         kwargs["connect_args"].update(read_timeout=MYSQL_READ_TIMEOUT, write_timeout=MYSQL_READ_TIMEOUT)

@@ -31,13 +31,20 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ADMIN_URL
-from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, account
+from tests.search.workers import (
+    FAST,
+    FAST_HEARTBEAT,
+    STARTUP,
+    Spawn,
+    WorkerProcess,
+    account,
+    budget,
+    spec_file,
+)
 
 pytestmark = pytest.mark.slow  # real workers training on the real MNIST: ~2 minutes together
 
 PASSWORD = "s3cret-" + secrets.token_hex(4)  # in every URL; trust auth ignores it, no output may show it
-FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]  # staleness within seconds
-STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
 SLACK = 4.0  # seconds of scheduling noise on a loaded 2-core machine
 
 needs_pg_ctl = pytest.mark.skipif(
@@ -47,21 +54,6 @@ needs_pg_ctl = pytest.mark.skipif(
 
 def with_password(url: str) -> str:
     return url.replace("postgres@", f"postgres:{PASSWORD}@", 1)
-
-
-def spec_file(folder: Path, **changes: str) -> Path:
-    """smoke.toml with `old=new` replacements, as a file in `folder`."""
-    text = SMOKE.read_text()
-    for old, new in changes.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = folder / "spec.toml"
-    path.write_text(text)
-    return path
-
-
-def budget(n: int) -> dict[str, str]:
-    return {"n_trials = 1000": f"n_trials = {n}"}
 
 
 def load(url: str) -> optuna.Study:

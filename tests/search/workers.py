@@ -26,6 +26,23 @@ SMOKE = ROOT / "studies" / "smoke.toml"
 # One torch thread per worker, on a core lease shared with the other test workers: these tests run
 # more workers than the machine has cores, and check what they store, not how fast they train.
 FAST = ["--device", "cpu", "--threads", "1", "--share-device", "--no-progress"]
+FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]  # staleness within seconds
+STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
+
+
+def spec_file(folder: Path, **changes: str) -> Path:
+    """smoke.toml with `old=new` replacements, as a file in `folder`."""
+    text = SMOKE.read_text()
+    for old, new in changes.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def budget(n: int) -> dict[str, str]:
+    return {"n_trials = 1000": f"n_trials = {n}"}
 
 
 @dataclass(frozen=True)
@@ -36,9 +53,12 @@ class Finished:
 
 
 class WorkerProcess:
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "search.worker", *args], cwd=cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path = ROOT,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """`prefix`: a command that runs the worker, such as `ip netns exec NS` (it must exec it, so
+        that the pid is the worker's own)."""
+        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "search.worker", *args], cwd=cwd,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.pid = self.process.pid
         self._stdout: list[str] = []
         self._stderr: list[str] = []

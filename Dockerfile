@@ -11,7 +11,12 @@
 # CPU. For a much smaller CPU-only image:
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t fast-mnist-search .
 # The versions default to the ones .ci/run tests with.
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any image whose `python` and `pip` work as in python:3.11-slim. Without a registry,
+# tools/local_images.sh builds one locally (with torch and every dependency already installed, so
+# the two pip steps below resolve offline) and docs/compose.md shows how to pass it.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
@@ -28,10 +33,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# An unprivileged user. /data/mnist exists in the image and belongs to it, so an empty named volume
-# mounted there starts out with that ownership and the user can download MNIST into it.
+# An unprivileged user. /data/mnist and /data/locks exist in the image and belong to it, so an empty
+# named volume mounted there starts out with that ownership: the user can download MNIST into the
+# one, and create the per-GPU and per-core lock files ($FAST_MNIST_LOCK_DIR) in the other.
 RUN useradd --create-home --uid 10001 --user-group app \
-    && mkdir -p /data/mnist/tensors \
+    && mkdir -p /data/mnist/tensors /data/locks \
     && chown -R app:app /data
 
 WORKDIR /app

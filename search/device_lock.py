@@ -126,7 +126,8 @@ def claim_cores(count: int | None, shared: bool = False, cores: Sequence[int] | 
                 held.append((core, handle))
                 if len(held) == wanted:
                     got = tuple(sorted(core for core, _ in held))
-                    return Claim(f"cores {core_list(got)}", shared, [h for _, h in held], cores=got)
+                    label = f"core{'s' if len(got) > 1 else ''} {core_list(got)}"
+                    return Claim(label, shared, [h for _, h in held], cores=got)
         for _, handle in held:
             handle.close()
         return None

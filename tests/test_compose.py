@@ -35,13 +35,17 @@ def compose_binary() -> list[str] | None:
 COMPOSE = compose_binary()
 
 
-def render(env_file: Path) -> subprocess.CompletedProcess[str]:
+OVERRIDABLE = ("POSTGRES_", "COMPOSE_", "BASE_IMAGE", "DASHBOARD_PORT")
+
+
+def render(env_file: Path, *files: Path) -> subprocess.CompletedProcess[str]:
     if COMPOSE is None:
         pytest.skip("no Docker Compose v2 (`docker compose` plugin or `docker-compose` >= 2) on PATH")
     # Variables from the caller's shell would win over the env file.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "COMPOSE_"))}
-    return subprocess.run([*COMPOSE, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config",
-                           "--format", "json"], capture_output=True, text=True, env=env, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OVERRIDABLE)}
+    options = [arg for file in (COMPOSE_FILE, *files) for arg in ("-f", str(file))]
+    return subprocess.run([*COMPOSE, *options, "--env-file", str(env_file), "config", "--format", "json"],
+                          capture_output=True, text=True, env=env, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,9 @@ def test_worker_is_a_scalable_gpu_service(services: dict[str, dict]) -> None:
     assert worker["command"][:5] == ["python", "-m", "search.worker", "--spec", "studies/mnist_fast.toml"]
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N needs both
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    # count: all (rendered -1): every replica sees every GPU, and --device auto spreads them
+    assert [(d["driver"], d["count"]) for d in devices if "gpu" in d["capabilities"]] == [("nvidia", -1)]
+    assert not any(arg.startswith("--device") for arg in worker["command"])
     restart = {name: svc.get("restart") for name, svc in services.items()}
     assert restart == {"postgres": "unless-stopped", "dashboard": "unless-stopped", "worker": "on-failure",
                        "db-init": "no", "data-init": "no"}
@@ -121,6 +127,63 @@ def test_data_lives_in_named_volumes_at_the_images_paths(services: dict[str, dic
     mnist_data = re.search(r"\bMNIST_DATA=(\S+)", (ROOT / "Dockerfile").read_text())
     assert mnist_data, "the Dockerfile sets no MNIST_DATA"
     assert ("mnist", mnist_data[1]) in mounts("worker") & mounts("data-init")
+
+
+def test_workers_share_one_lock_folder_the_image_user_owns(services: dict[str, dict]) -> None:
+    worker = services["worker"]
+    lock_dir = worker["environment"]["FAST_MNIST_LOCK_DIR"]
+    mounted = {(v["type"], v["source"]) for v in worker["volumes"] if v["target"] == lock_dir}
+    assert mounted == {("volume", "locks")}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # made in the image and chowned to its user, so the empty volume starts out writable by it
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(lock_dir)}\b", dockerfile)
+    assert re.search(r"chown -R app:app /data\b", dockerfile) and lock_dir.startswith("/data/")
+
+
+def test_base_images_and_ports_default_to_the_official_ones(services: dict[str, dict]) -> None:
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["worker"]["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim"}
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\nFROM \$\{BASE_IMAGE\}$",
+                     (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    published = {name: [port["published"] for port in svc.get("ports", [])] for name, svc in services.items()}
+    assert (published["postgres"], published["dashboard"]) == (["5432"], ["8080"])
+
+
+def test_base_images_and_ports_are_overridable_and_stay_on_loopback(tmp_path: Path) -> None:
+    env = {**ENV, "POSTGRES_IMAGE": "local/pg:15", "BASE_IMAGE": "local/py:3.11", "POSTGRES_PORT": "55432",
+           "DASHBOARD_PORT": "58080"}
+    (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    result = render(tmp_path / ".env")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert services["postgres"]["image"] == "local/pg:15"
+    bases = {svc["build"]["args"]["BASE_IMAGE"] for svc in services.values() if "build" in svc}
+    assert bases == {"local/py:3.11"}
+    ports = {name: [(p["host_ip"], p["published"]) for p in svc["ports"]]
+             for name, svc in services.items() if svc.get("ports")}
+    assert ports == {"postgres": [("127.0.0.1", "55432")], "dashboard": [("127.0.0.1", "58080")]}
+
+
+def test_cpu_override_drops_the_gpu_and_runs_the_smoke_spec(tmp_path: Path) -> None:
+    """tools/compose.cpu.yml, which tools/compose_smoke.sh runs: no GPU reservation, real MNIST from a
+    read-only host folder with the tensor cache in the writable volume."""
+    (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in ENV.items())
+                                   + f"MNIST_HOST_DIR={tmp_path}\n")
+    result = render(tmp_path / ".env", ROOT / "tools" / "compose.cpu.yml")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    worker = services["worker"]
+    assert "deploy" not in worker or not worker["deploy"].get("resources")
+    command = worker["command"]
+    assert command[command.index("--spec") + 1] == "studies/smoke.toml"
+    assert command[command.index("--device") + 1] == "cpu"
+    for name in ("worker", "data-init"):
+        svc = services[name]
+        host = [v for v in svc["volumes"] if v["type"] == "bind"]
+        assert [(v["source"], v["target"], v.get("read_only")) for v in host] == [
+            (str(tmp_path), svc["environment"]["MNIST_DATA"], True)]
+        assert svc["environment"]["FAST_MNIST_CACHE"].startswith("/data/mnist/")  # in the `mnist` volume
+    assert worker["restart"] == "on-failure" and worker["environment"]["FAST_MNIST_LOCK_DIR"] == "/data/locks"
 
 
 def test_image_runs_as_an_unprivileged_user() -> None:

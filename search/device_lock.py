@@ -11,7 +11,8 @@ container of the host agrees on; compose shares the folder ($FAST_MNIST_LOCK_DIR
 - `--device auto` on a GPU host (`claim_first_free`): the first GPU no worker holds, else a wait.
 - CPU (`claim_cores`): a lease on every core the process may use, or on --threads of them; the
   worker pins itself to the cores it got. Too few free cores means a wait, never sharing: N CPU
-  workers started with no flags run one at a time, N with --threads 1 one per core.
+  workers started with no flags run one at a time, N with --threads 1 one per core. A shared
+  lease covers every core and pins nothing: sharers are spread by the OS's scheduler.
 
 `shared` (--share-device) takes the locks shared: sharers coexist with each other, but never with
 an exclusive holder, so a worker that did not opt in to sharing is never timed on a busy device.
@@ -108,20 +109,20 @@ def claim_cores(count: int | None, shared: bool = False, cores: Sequence[int] | 
                 on_wait: Callable[[str], None] | None = None) -> Claim:
     """Lease `count` of `cores` (default: all of them; `cores` defaults to those this process may
     run on), waiting until that many are free. All or nothing per attempt, so two workers that
-    each got some never hold on to them and wait for each other."""
+    each got some never hold on to them and wait for each other. A shared lease takes every core,
+    shared: sharers float over all of them as the OS schedules them, and keep exclusive leases out."""
     available = sorted(os.sched_getaffinity(0) if cores is None else cores)
     wanted = count or len(available)
     if wanted > len(available):
         raise DeviceBusy(f"--threads {wanted} asks for more cores than this process may use "
                          f"({len(available)}: {core_list(available)}); pass --threads {len(available)} "
                          "or fewer")
-    # Sharers start at different cores, so that they pile up on one only when they must.
-    start = os.getpid() % len(available) if shared else 0
-    order = available[start:] + available[:start]
+    if shared:
+        wanted = len(available)
 
     def attempt() -> Claim | None:
         held: list[tuple[int, IO[str]]] = []
-        for core in order:
+        for core in available:
             if (handle := _try_lock(f"cpu-{core}", shared)) is not None:
                 held.append((core, handle))
                 if len(held) == wanted:

@@ -30,6 +30,7 @@ def place(device_name: str, threads: int | None, shared: bool = False, wait: boo
     - a named GPU: that one; busy is an error unless `wait`.
     - cpu (and auto without a GPU): a lease on `threads` cores (default: all this process may use),
       waiting until they are free; the process is pinned to them and torch runs one thread each.
+      Shared: every core, shared with other sharers, and `threads` torch threads.
     Raises DeviceBusy, or WaitAbandoned when `keep_waiting()` turns false during a wait.
     """
     if device_name == "auto" and torch.cuda.is_available():
@@ -45,7 +46,7 @@ def place(device_name: str, threads: int | None, shared: bool = False, wait: boo
             claim = claim_cores(threads, shared, keep_waiting=keep_waiting, on_wait=on_wait)
             # Before torch starts its thread pool, which inherits the mask.
             os.sched_setaffinity(0, claim.cores)
-            threads = len(claim.cores)
+            threads = threads or len(claim.cores)
     if threads is not None:
         torch.set_num_threads(threads)
     return device, claim

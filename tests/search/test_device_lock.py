@@ -202,8 +202,9 @@ def test_one_thread_workers_get_a_core_each_and_hold_none_while_waiting() -> Non
     assert claim_cores(1, cores=CORES[:2]).cores == (900,)
 
 
-def test_sharers_share_cores_but_an_exclusive_lease_waits_for_them() -> None:
-    sharers = [claim_cores(None, shared=True, cores=CORES) for _ in range(2)]
+def test_sharers_share_every_core_and_an_exclusive_lease_waits_for_them() -> None:
+    """A sharer asking for one thread still covers every core: sharers float over them all."""
+    sharers = [claim_cores(count, shared=True, cores=CORES) for count in (None, 1)]
     assert all(claim.shared and claim.cores == tuple(CORES) for claim in sharers)
     with pytest.raises(WaitAbandoned):
         claim_cores(1, cores=CORES, keep_waiting=lambda: False)

@@ -55,10 +55,11 @@ def test_three_workers_on_a_fresh_postgres_database(spawn_worker: Spawn, postgre
     workers = run_together(spawn_worker, ["--storage", postgres_url])
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert_exact_accounting(study, workers)
-    # Each ran on the one core it leased, and its trials' fingerprints say so.
+    # One torch thread each, on a lease of every core shared with the others (FAST's --share-device),
+    # and the trials' fingerprints say so.
     fingerprints = {(t.user_attrs["fingerprint"]["threads"], t.user_attrs["fingerprint"]["cores"])
                     for t in study.get_trials(deepcopy=False)}
-    assert fingerprints == {(1, 1)}
+    assert fingerprints == {(1, len(os.sched_getaffinity(0)))}
 
 
 def test_three_workers_on_the_default_sqlite_file(spawn_worker: Spawn, tmp_path: Path) -> None:

@@ -127,8 +127,7 @@ def claim_cores(count: int | None, shared: bool = False, cores: Sequence[int] | 
                 held.append((core, handle))
                 if len(held) == wanted:
                     got = tuple(sorted(core for core, _ in held))
-                    label = f"core{'s' if len(got) > 1 else ''} {core_list(got)}"
-                    return Claim(label, shared, [h for _, h in held], cores=got)
+                    return Claim(cores_label(got), shared, [h for _, h in held], cores=got)
         for _, handle in held:
             handle.close()
         return None
@@ -139,6 +138,11 @@ def claim_cores(count: int | None, shared: bool = False, cores: Sequence[int] | 
                 f"{'; '.join(holders)})")
 
     return _poll(attempt, True, keep_waiting, on_wait, busy=busy, advice="")
+
+
+def cores_label(cores: Sequence[int]) -> str:
+    """What a CPU lease holds, in words: 'core 3', 'cores 0-1'."""
+    return f"core{'s' if len(cores) > 1 else ''} {core_list(cores)}"
 
 
 def core_list(cores: Sequence[int]) -> str:

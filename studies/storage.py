@@ -96,16 +96,11 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     if url.get_backend_name() == "postgresql":
-        # A connection whose packets vanish (the network to the server cut, not refused) raises no
-        # error of its own: libpq waits on the socket while TCP retransmits for ~15 minutes
-        # (net.ipv4.tcp_retries2), or for hours when it was the server's answer that got lost. No
-        # storage call fails, so --db-patience never starts counting, and the worker hangs. So the
-        # kernel drops such a connection after 10 s (as CONNECT_TIMEOUT): data unacknowledged that
-        # long (tcp_user_timeout, ms), or a silent server, probed from 5 s on every 2 s (keepalives).
-        # The call fails, search/retry.py retries it on a new connection (waits 1, 2, 4, ... s)
-        # and the patience counts: a cut shorter than it costs a reconnect, a longer one exit 1.
-        # A live server's kernel acknowledges data and answers probes even while a slow query
-        # runs, so only a dead path ends a connection. tests/search/test_partition.py cuts one.
+        # A connection whose packets vanish (the network cut, not refused) raises nothing: libpq
+        # waits while TCP retransmits (~15 min), so --db-patience never starts. The kernel drops it
+        # instead: data unacknowledged for 10 s (tcp_user_timeout, ms), or a server silent to probes
+        # from 5 s on, every 2 s. A live server's kernel acks and answers probes even during a slow
+        # query. tests/search/test_partition.py cuts one.
         kwargs["connect_args"].update(keepalives=1, keepalives_idle=5, keepalives_interval=2,
                                       keepalives_count=3, tcp_user_timeout=CONNECT_TIMEOUT * 1000)
     if url.get_backend_name() == "mysql":

@@ -42,7 +42,15 @@ import psycopg
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from tests.search.workers import FAST_HEARTBEAT, STARTUP, WorkerProcess, account, budget, spec_file
+from tests.search.workers import (
+    FAST_HEARTBEAT,
+    ONE_CORE,
+    STARTUP,
+    WorkerProcess,
+    account,
+    budget,
+    spec_file,
+)
 
 pytestmark = pytest.mark.slow  # two real workers on the real MNIST, one cut off for ~20 s: ~45 s
 
@@ -51,8 +59,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # connection for TCP's retransmissions, minutes): its heartbeat thread's, or its trial loop's.
 NOTICED = re.compile(r"heartbeat of trial id \d+ failed|database unreachable")
 PG_CTL = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-# Each worker leases one core of its own (the host has 2) and trains with one thread.
-ONE_CORE = ["--device", "cpu", "--threads", "1", "--no-progress"]
 
 
 def sh(*command: str, timeout: float = 30, stdin: str | None = None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.device_lock import core_list
+from search.device_lock import cores_label
 from studies.spec import load_spec
 from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, account
 
@@ -95,7 +95,7 @@ def test_cpu_workers_without_flags_take_turns_on_the_cores(spawn_worker: Spawn, 
     for worker in workers:
         assert worker.finish(timeout=180).returncode == 0, worker.output()
     outputs = [worker.finish(timeout=1).stdout for worker in workers]
-    assert all(f"cores {core_list(host_cores)} held by this worker alone" in out for out in outputs), outputs
+    assert all(f"{cores_label(host_cores)} held by this worker alone" in out for out in outputs), outputs
     assert any("wanted, fewer are free" in out for out in outputs), outputs  # one waited for the other
     trials = optuna.load_study(study_name="smoke", storage=sqlite_url).get_trials(deepcopy=False)
     assert len(trials) == 2

@@ -23,9 +23,11 @@ from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "studies" / "smoke.toml"
-# One torch thread per worker, on a core lease shared with the other test workers: these tests run
-# more workers than the machine has cores, and check what they store, not how fast they train.
-FAST = ["--device", "cpu", "--threads", "1", "--share-device", "--no-progress"]
+# One torch thread per worker, leasing one core of its own.
+ONE_CORE = ["--device", "cpu", "--threads", "1", "--no-progress"]
+# ... or on a lease shared with the other test workers: most tests run more workers than the machine
+# has cores, and check what they store, not how fast they train.
+FAST = [*ONE_CORE, "--share-device"]
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]  # staleness within seconds
 STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
 

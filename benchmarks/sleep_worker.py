@@ -20,6 +20,7 @@ from objective.data import Mnist
 from objective.objective import Objective
 from objective.trainer import RunResult, train_once
 from search import worker as search_worker
+from search.device_lock import Claim
 from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop
 from studies.spec import load_spec
@@ -81,7 +82,7 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
     study, _ = create_or_load(spec, storage, sampler_seed=sampler_seed, study_name=study_name)
     sleeper = SleepTrain(trial_seconds) if data is None else RecipeTrain(TrainConfig())
     objective = Objective(spec.space, spec.base, spec.objective, data=data, train=sleeper)  # type: ignore[arg-type]
-    worker = search_worker.Worker(spec, study, storage, objective, None, {"worker": {"pid": 0}},
+    worker = search_worker.Worker(spec, study, storage, objective, Claim("sleep", True, []), {"worker": {"pid": 0}},
                                   prefetch=prefetch, grace_period=GRACE_PERIOD)
     args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import torch
 
 from tests.search.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "mnist"  # the shared, read-only copy next to the repository
+
+# pytest-xdist runs as many tests at once as there are cores (pyproject.toml: -n auto), and many of
+# them start torch processes of their own: a test's torch using every core would only contend.
+torch.set_num_threads(1)
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -36,12 +41,6 @@ def fresh_postgres() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    with fresh_postgres() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def module_postgres_url() -> Iterator[str]:
     with fresh_postgres() as url:
         yield url
 

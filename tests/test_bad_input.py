@@ -4,8 +4,8 @@ one `error: ...` line on stderr that names the problem (and, where there is one,
 traceback, no password anywhere in the output, and nothing written: no SQLite file created, no
 table in the Postgres database, the existing study unchanged.
 
-All cases run at once (a module fixture, a few at a time), because each pays for an interpreter and
-a torch import; so the table holds one case per distinct error path, not one per rule. The rules stay
+Each case pays for an interpreter and a torch import, so the table holds one case per distinct
+error path, not one per rule. The rules stay
 with their layer, in-process: spec validation in tests/studies/test_spec.py, config validation in
 tests/objective/test_config.py, objective.train's `main` in tests/objective/test_train_cli.py, export's
 choices in tests/search/test_export.py."""
@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import psycopg
 import pytest
 
 from studies.storage import CONNECT_TIMEOUT
+from tests.conftest import fresh_postgres
 from tests.search.workers import FAST, SMOKE, Finished, WorkerProcess, offline_env, silent_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,13 +135,6 @@ CASES: dict[str, Case] = {
 }
 
 
-@dataclass(frozen=True)
-class Outcome:
-    result: Finished
-    folder: Path
-    message: str  # the case's message with its placeholders filled in
-
-
 def dump(path: Path) -> str:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return "\n".join(db.iterdump())
@@ -153,7 +146,7 @@ def postgres_tables(url: str) -> list[str]:
         return [row[0] for row in rows]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An existing study (one COMPLETE trial) that export and report cases read and must not change."""
     path = tmp_path_factory.mktemp("demo") / "demo.db"
@@ -187,42 +180,43 @@ def run(case: Case, folder: Path, values: dict[str, str], env: dict[str, str]) -
     return Finished(process.returncode, process.stdout, process.stderr)
 
 
-@pytest.fixture(scope="module")
-def outcomes(worker_env: dict[str, str], module_postgres_url: str, demo: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
-    root = tmp_path_factory.mktemp("bad_input")
-    before = dump(demo)
-    runnable = {name: case for name, case in CASES.items() if case.skip is None}
-    folders = {name: root / f"case{index}" for index, name in enumerate(runnable)}
-    with silent_server() as port, ThreadPoolExecutor(max_workers=6) as pool:
-        values = {"sqlite": "sqlite:///{dir}/study.db", "postgres": module_postgres_url,
-                  "demo": f"sqlite:///{demo}", "port": str(port)}
-        futures = {name: pool.submit(run, case, folders[name], values, worker_env)
-                   for name, case in runnable.items()}
-        results = {name: future.result() for name, future in futures.items()}
-    yield {name: Outcome(result, folders[name], CASES[name].message.format(dir=folders[name], **values))
-           for name, result in results.items()}
-    # Nothing written by any case: the existing study is as it was, Postgres holds no table.
-    assert dump(demo) == before
-    assert postgres_tables(module_postgres_url) == []
+@pytest.fixture(scope="session")
+def empty_postgres() -> Iterator[str]:
+    """The Postgres database the worker cases point at: no case may leave a table in it."""
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def silent_port() -> Iterator[int]:
+    with silent_server() as port:
+        yield port
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_error_line_and_exit_2(outcomes: dict[str, Outcome], name: str) -> None:
-    if CASES[name].skip is not None:
-        pytest.skip(CASES[name].skip)
-    outcome = outcomes[name]
-    result = outcome.result
+def test_bad_input_is_one_error_line_and_exit_2(name: str, worker_env: dict[str, str], demo: Path,
+                                                empty_postgres: str, silent_port: int,
+                                                tmp_path: Path) -> None:
+    case = CASES[name]
+    if case.skip is not None:
+        pytest.skip(case.skip)
+    before, folder = dump(demo), tmp_path / "case"
+    values = {"sqlite": "sqlite:///{dir}/study.db", "postgres": empty_postgres, "demo": f"sqlite:///{demo}",
+              "port": str(silent_port)}
+    result = run(case, folder, values, worker_env)
     assert result.returncode == 2, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert outcome.message in lines[0], lines[0]
+    assert case.message.format(dir=folder, **values) in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert PASSWORD not in result.stderr + result.stdout
     assert result.stdout == ""  # nothing was started, so nothing was logged
-    # No SQLite database made on the way, and no output document.
-    made = {path.name for path in outcome.folder.rglob("*") if path.suffix in (".db", ".json", ".html")}
-    assert made <= set(CASES[name].files), made
+    # Nothing written: no SQLite database made on the way, no output document, the existing study as
+    # it was, no table in Postgres.
+    made = {path.name for path in folder.rglob("*") if path.suffix in (".db", ".json", ".html")}
+    assert made <= set(case.files), made
+    assert dump(demo) == before
+    assert postgres_tables(empty_postgres) == []
 
 
 def test_every_tool_is_covered() -> None:
@@ -248,8 +242,7 @@ def test_worker_option_values_are_checked_by_the_parser(args: list[str], message
 
 def test_an_unreachable_host_is_one_error_line_within_the_connect_timeout(
         worker_env: dict[str, str]) -> None:
-    """Its own process, not one of the batch above: its elapsed time is the point, and it must not
-    include waiting for a CPU behind a dozen other torch imports."""
+    """Apart from the table above: its elapsed time is the point."""
     with silent_server() as port:
         url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{port}/test"
         start = time.monotonic()

@@ -164,7 +164,8 @@ def test_main_threads(synthetic_cli: list[tuple[object, ...]], capsys: pytest.Ca
 def test_seed_recipe_reaches_the_target_on_real_mnist(mnist_root: Path, tmp_path: Path) -> None:
     env = offline_env(os.environ, tmp_path)
     run = subprocess.run(
-        [sys.executable, "-m", "objective.train", "--data-dir", str(mnist_root), "--seeds", "0", "--json"],
+        [sys.executable, "-m", "objective.train", "--data-dir", str(mnist_root), "--seeds", "0",
+         "--threads", "1", "--json"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)

@@ -33,7 +33,7 @@ from search import export
 from studies.note import study_note
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
-from tests.search.workers import FAST, Spawn, account
+from tests.search.workers import FAST, QUICK, Spawn, account, spec_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SPEC = ROOT / "studies" / "smoke.toml"
@@ -219,7 +219,8 @@ def test_dashboard_polls_while_four_real_workers_write_the_default_sqlite(
     open_storage(url, heartbeat=False).remove_session()
 
     with dashboard(url, tmp_path / "dashboard.log") as base:
-        workers = [spawn_worker("--spec", str(SMOKE_SPEC), "--n-trials", str(PER_WORKER), *FAST, cwd=tmp_path)
+        workers = [spawn_worker("--spec", str(spec_file(tmp_path, **QUICK)), "--n-trials", str(PER_WORKER),
+                                *FAST, cwd=tmp_path)
                    for _ in range(WORKERS)]
         polls, seen_during_run = 0, 0
         deadline = time.monotonic() + 300

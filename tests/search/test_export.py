@@ -423,7 +423,8 @@ def test_verify_retrains_on_fresh_seeds(sqlite_url: str, tmp_path: Path,
     add_trial(study, accuracy=0.95, seconds=1.5, base=base, baseline=True)
     out = tmp_path / "best.json"
     result = subprocess.run([sys.executable, "-m", "search.export", "--storage", sqlite_url,
-                             "--study", "demo", "--out", str(out), "--verify", "2", "--device", "cpu"],
+                             "--study", "demo", "--out", str(out), "--verify", "2", "--device", "cpu",
+                             "--threads", "1"],
                             cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     document = json.loads(out.read_text())

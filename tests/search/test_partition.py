@@ -21,27 +21,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import glob
 import ipaddress
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import psycopg
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from tests import postgres_cluster
 from tests.search.workers import (
     FAST_HEARTBEAT,
     ONE_CORE,
@@ -58,7 +54,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A storage call of the cut-off worker that returned an error (rather than waiting on the dead
 # connection for TCP's retransmissions, minutes): its heartbeat thread's, or its trial loop's.
 NOTICED = re.compile(r"heartbeat of trial id \d+ failed|database unreachable")
-PG_CTL = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 
 
 def sh(*command: str, timeout: float = 30, stdin: str | None = None) -> str:
@@ -165,47 +160,13 @@ def network() -> Iterator[Network]:
 
 @pytest.fixture
 def database(network: Network) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster (trust auth) listening on the bridge's address only: the URL
-    of a database in it."""
-    if not PG_CTL:
-        pytest.skip("needs PostgreSQL's server binaries (/usr/lib/postgresql/N/bin)")
-    if shutil.which("runuser") is None:
-        pytest.skip("needs runuser, to run PostgreSQL as its own user")
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("needs the `postgres` OS user, to run PostgreSQL")
-    bin_dir = Path(PG_CTL[-1]).parent
-    folder = Path(tempfile.mkdtemp(prefix="fms-partition-pg-"))
-    shutil.chown(folder, "postgres", "postgres")
-    data = folder / "data"
-    with socket.create_server((network.address, 0)) as probe:  # a free port on that address
-        port = probe.getsockname()[1]
-
-    def as_postgres(program: str, *args: str) -> str:
-        return sh("runuser", "-u", "postgres", "--", str(bin_dir / program), *args, timeout=120)
-
-    started = False
-    try:
-        as_postgres("initdb", "-D", str(data), "--auth=trust", "-U", "postgres", "--no-sync",
-                    "--no-instructions")
-        with (data / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {network.address}/24 trust\n")
-        options = (f"-c listen_addresses={network.address} -c port={port} "
-                   f"-c unix_socket_directories={folder} -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off")
-        started = True  # from here on, stop it (a failed start leaves nothing to stop)
-        as_postgres("pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o", options,
-                    "start")
-        with psycopg.connect(f"postgresql://postgres@{network.address}:{port}/postgres", autocommit=True,
-                             connect_timeout=10) as admin:
-            admin.execute("CREATE DATABASE partition")
-        yield f"postgresql+psycopg://postgres@{network.address}:{port}/partition"
-    finally:
-        if started:
-            with contextlib.suppress(subprocess.SubprocessError):
-                as_postgres("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+    """A throwaway PostgreSQL cluster listening on the bridge's address only: the URL of a database
+    in it."""
+    if reason := postgres_cluster.missing():
+        pytest.skip(reason)
+    with postgres_cluster.postgres_cluster("partition", address=network.address,
+                                           allow=f"{network.address}/24") as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from search.device_lock import cores_label
 from studies.spec import load_spec
-from tests.search.workers import FAST, SMOKE, Spawn, WorkerProcess, account
+from tests.search.workers import FAST, QUICK, SMOKE, Spawn, WorkerProcess, account, budget, spec_file
 
 WORKERS = 3
 PER_WORKER = 2  # trials each: enough to interleave three workers
@@ -36,10 +36,11 @@ def assert_exact_accounting(study: optuna.Study, workers: list[WorkerProcess]) -
     assert baselines[0].params == load_spec(SMOKE).baseline_params()
 
 
-def run_together(spawn_worker: Spawn, args: list[str],
-                 cwd: Path | None = None) -> list[WorkerProcess]:
+def run_together(spawn_worker: Spawn, args: list[str], folder: Path, cwd: Path | None = None
+                 ) -> list[WorkerProcess]:
     extra = {"cwd": cwd} if cwd else {}
-    workers = [spawn_worker("--spec", str(SMOKE), "--n-trials", str(PER_WORKER), *FAST, *args, **extra)
+    spec = spec_file(folder, **QUICK)
+    workers = [spawn_worker("--spec", str(spec), "--n-trials", str(PER_WORKER), *FAST, *args, **extra)
                for _ in range(WORKERS)]
     for worker in workers:
         result = worker.finish(timeout=180)
@@ -51,8 +52,8 @@ def run_together(spawn_worker: Spawn, args: list[str],
 
 
 def test_three_workers_on_a_fresh_postgres_database(spawn_worker: Spawn, postgres_url: str,
-                                                    worker_env: dict[str, str]) -> None:
-    workers = run_together(spawn_worker, ["--storage", postgres_url])
+                                                    tmp_path: Path) -> None:
+    workers = run_together(spawn_worker, ["--storage", postgres_url], tmp_path)
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert_exact_accounting(study, workers)
     # One torch thread each, on a lease of every core shared with the others (FAST's --share-device),
@@ -64,7 +65,7 @@ def test_three_workers_on_a_fresh_postgres_database(spawn_worker: Spawn, postgre
 
 def test_three_workers_on_the_default_sqlite_file(spawn_worker: Spawn, tmp_path: Path) -> None:
     """No --storage and no $OPTUNA_STORAGE: the study lands in ./optuna.db of the working folder."""
-    workers = run_together(spawn_worker, [], cwd=tmp_path)
+    workers = run_together(spawn_worker, [], tmp_path, cwd=tmp_path)
     assert all("sqlite:///optuna.db" in worker.finish(timeout=1).stdout for worker in workers)
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert_exact_accounting(study, workers)
@@ -74,8 +75,7 @@ def test_a_worker_stops_at_the_study_budget(spawn_worker: Spawn, sqlite_url: str
                                             tmp_path: Path) -> None:
     """[study] n_trials is the whole study's budget: a worker with no --n-trials stops there."""
     n_trials = 2
-    spec = tmp_path / "budget.toml"
-    spec.write_text(SMOKE.read_text().replace("n_trials = 1000", f"n_trials = {n_trials}"))
+    spec = spec_file(tmp_path, **budget(n_trials), **QUICK)
     result = spawn_worker("--spec", str(spec), "--storage", sqlite_url, *FAST).finish(timeout=120)
     assert result.returncode == 0, result
     assert f"budget is reached ({n_trials} of {n_trials} trials finished)" in result.stdout
@@ -83,12 +83,13 @@ def test_a_worker_stops_at_the_study_budget(spawn_worker: Spawn, sqlite_url: str
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == n_trials
 
 
-def test_cpu_workers_without_flags_take_turns_on_the_cores(spawn_worker: Spawn, sqlite_url: str) -> None:
+def test_cpu_workers_without_flags_take_turns_on_the_cores(spawn_worker: Spawn, sqlite_url: str,
+                                                           tmp_path: Path) -> None:
     """Two CPU workers started with no --threads: each leases every core, so the second waits for
     the first instead of running beside it. No two trials that ran at once used more torch threads
     together than the host has cores."""
-    args = ["--spec", str(SMOKE), "--storage", sqlite_url, "--n-trials", "1", "--device", "cpu",
-            "--no-progress"]
+    args = ["--spec", str(spec_file(tmp_path, **QUICK)), "--storage", sqlite_url, "--n-trials", "1",
+            "--device", "cpu", "--no-progress"]
     host_cores = sorted(os.sched_getaffinity(0))
     cores = len(host_cores)
     workers = [spawn_worker(*args) for _ in range(2)]

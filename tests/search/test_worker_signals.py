@@ -20,10 +20,10 @@ STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its f
 
 @pytest.fixture
 def slow_spec(tmp_path: Path) -> Path:
-    """The smoke study on 30,000 training images: a trial takes seconds with one thread, long
-    enough to be caught in the middle (the smoke spec's 6,000 take well under one)."""
+    """The smoke study on 12,000 training images: a trial takes seconds with one thread, long
+    enough to be caught in the middle."""
     spec = tmp_path / "slow.toml"
-    spec.write_text(SMOKE.read_text().replace("train_subset = 6000", "train_subset = 30000"))
+    spec.write_text(SMOKE.read_text().replace("train_subset = 6000", "train_subset = 12000"))
     return spec
 
 

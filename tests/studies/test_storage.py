@@ -81,14 +81,14 @@ def test_create_or_load_enqueues_the_baseline_once(tmp_path: Path) -> None:
 
 
 def test_concurrent_creators_make_one_study_and_one_baseline(postgres_url: str) -> None:
-    """Eight processes start at the same moment against a fresh Postgres database."""
+    """Four processes start at the same moment against a fresh Postgres database."""
     script = (
         "import sys; from studies.spec import load_spec; from studies.storage import open_storage, "
         "create_or_load\n"
         "spec = load_spec(sys.argv[1]); storage = open_storage(sys.argv[2])\n"
         "study, created = create_or_load(spec, storage, 0)\nprint(int(created))"
     )
-    outputs = run_together(8, script, str(SMOKE), postgres_url)
+    outputs = run_together(4, script, str(SMOKE), postgres_url)
     assert sum(int(out.strip()) for out in outputs) == 1
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert [t.user_attrs for t in study.get_trials(deepcopy=False)] == [{"baseline": True}]

@@ -82,7 +82,8 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
     study, _ = create_or_load(spec, storage, sampler_seed=sampler_seed, study_name=study_name)
     sleeper = SleepTrain(trial_seconds) if data is None else RecipeTrain(TrainConfig())
     objective = Objective(spec.space, spec.base, spec.objective, data=data, train=sleeper)  # type: ignore[arg-type]
-    worker = search_worker.Worker(spec, study, storage, objective, Claim("sleep", True, []), {"worker": {"pid": 0}},
+    claim = Claim("sleep", shared=True, handles=[])  # nothing to hold: the trials train nothing
+    worker = search_worker.Worker(spec, study, storage, objective, claim, {"worker": {"pid": 0}},
                                   prefetch=prefetch, grace_period=GRACE_PERIOD)
     args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console

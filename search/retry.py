@@ -88,13 +88,17 @@ def answer_may_be_lost(error: BaseException) -> bool:
 def storage_failure(error: BaseException) -> str:
     """What the database said. Optuna wraps its errors in a StorageInternalError whose own message
     guesses at "invalid data in the commit"; the driver's first line, down the cause chain, is
-    what actually happened (server gone, database dropped, ...)."""
+    what actually happened (server gone, database dropped, ...). Without a driver error (a session
+    left unusable by a connection that died mid-transaction), the first error below the wrapper."""
     seen: BaseException | None = error
+    below_wrapper: BaseException | None = None
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
             return first_line(seen.orig)
+        if below_wrapper is None and not isinstance(seen, optuna.exceptions.StorageInternalError):
+            below_wrapper = seen
         seen = seen.__cause__
-    return first_line(error)
+    return first_line(below_wrapper or error)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from search.heartbeat import Heartbeat
 from search.loop import run_trial
-from search.retry import DatabaseUnavailable, Retry, RetryingStorage, is_transient
+from search.retry import DatabaseUnavailable, Retry, RetryingStorage, is_transient, storage_failure
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import SMOKE, StandIn
@@ -243,3 +243,24 @@ def test_a_trial_ended_by_another_worker_meanwhile_is_dropped_not_fatal(
     assert "was ended as FAIL by another worker" in caplog.text
     again = run_trial(study, StandIn(lambda trial: 2.0), heartbeat, {})  # type: ignore[arg-type]
     assert again.state == TrialState.COMPLETE  # the loop goes on
+
+
+def wrapped(cause: BaseException) -> optuna.exceptions.StorageInternalError:
+    """`cause` as Optuna's storage raises it: inside its "invalid data in the commit" wrapper."""
+    try:
+        try:
+            raise cause
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") \
+                from error
+    except optuna.exceptions.StorageInternalError as outer:
+        return outer
+
+
+def test_a_storage_failure_names_what_the_database_said_not_optunas_wrapper() -> None:
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {},
+                                              ConnectionRefusedError("connection refused\nmore"))
+    assert storage_failure(wrapped(refused)) == "connection refused"
+    stuck = sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+    assert storage_failure(wrapped(stuck)) == "Can't reconnect until invalid transaction is rolled back."
+    assert storage_failure(RuntimeError("plain\nsecond line")) == "plain"

@@ -19,11 +19,11 @@ from tests.search.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "mnist"  # the shared, read-only copy next to the repository
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # pytest-xdist runs as many tests at once as there are cores (pyproject.toml: -n auto), and many of
 # them start torch processes of their own: a test's torch using every core would only contend.
 torch.set_num_threads(1)
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @contextlib.contextmanager

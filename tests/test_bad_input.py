@@ -5,10 +5,9 @@ traceback, no password anywhere in the output, and nothing written: no SQLite fi
 table in the Postgres database, the existing study unchanged.
 
 Each case pays for an interpreter and a torch import, so the table holds one case per distinct
-error path, not one per rule. The rules stay
-with their layer, in-process: spec validation in tests/studies/test_spec.py, config validation in
-tests/objective/test_config.py, objective.train's `main` in tests/objective/test_train_cli.py, export's
-choices in tests/search/test_export.py."""
+error path, not one per rule. The rules stay with their layer, in-process: spec validation in
+tests/studies/test_spec.py, config validation in tests/objective/test_config.py, objective.train's
+`main` in tests/objective/test_train_cli.py, export's choices in tests/search/test_export.py."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from tests.search.workers import (
     FAST,
     FAST_HEARTBEAT,
     QUICK,
+    SLOW,
     STARTUP,
     Spawn,
     WorkerProcess,
@@ -210,8 +211,8 @@ def test_a_database_away_past_the_patience(spawn_worker: Spawn, cluster: tuple[s
     heartbeat) and re-runs its parameters."""
     postgres_url, server = cluster
     url = with_password(postgres_url)
-    # 12,000 images: a trial of seconds, so the server stops while it trains.
-    args = ["--spec", str(spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 12000"})),
+    # SLOW: the server stops while the trial trains.
+    args = ["--spec", str(spec_file(tmp_path, **SLOW)),
             "--storage", url, *FAST, *FAST_HEARTBEAT]
     worker = spawn_worker(*args, "--db-patience", "4", "--verbose")
     worker.wait_for("trial 0 started", timeout=STARTUP)
@@ -242,7 +243,7 @@ def test_a_dropped_database_ends_the_worker_with_exit_1(spawn_worker: Spawn, pos
                                                         tmp_path: Path) -> None:
     """Not an outage that passes: the worker retries for --db-patience, then exits 1 with one line
     that quotes the database (not Optuna's generic wrapper message)."""
-    spec = spec_file(tmp_path, **{"train_subset = 6000": "train_subset = 12000"})  # a trial of seconds
+    spec = spec_file(tmp_path, **SLOW)
     worker = spawn_worker("--spec", str(spec), "--storage", postgres_url, "--verbose", "--db-patience", "2",
                           *FAST)
     worker.wait_for("trial 0 started", timeout=STARTUP)

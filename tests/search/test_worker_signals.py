@@ -13,18 +13,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.search.workers import FAST, SMOKE, Spawn, account
-
-STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
+from tests.search.workers import FAST, SLOW, STARTUP, Spawn, account, spec_file
 
 
 @pytest.fixture
 def slow_spec(tmp_path: Path) -> Path:
-    """The smoke study on 12,000 training images: a trial takes seconds with one thread, long
-    enough to be caught in the middle."""
-    spec = tmp_path / "slow.toml"
-    spec.write_text(SMOKE.read_text().replace("train_subset = 6000", "train_subset = 12000"))
-    return spec
+    return spec_file(tmp_path, **SLOW)
 
 
 # (signal, the fixture naming the storage): each signal meets each storage once over the two tests.

@@ -33,6 +33,8 @@ FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]  # stalene
 # yardstick and trials of about a second, which reach ~50-70 %, so the target is lowered to keep
 # them feasible (export needs a feasible trial).
 QUICK = {"train_subset = 6000": "train_subset = 2000", "accuracy_target = 0.90": "accuracy_target = 0.30"}
+# 12,000 training images: a trial of seconds with one thread, long enough to catch in the middle.
+SLOW = {"train_subset = 6000": "train_subset = 12000"}
 STARTUP = 90  # seconds for a worker to import torch, load MNIST and start its first trial
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from objective.result import RunResult  # noqa: E402
 from objective.seeds import SeedRules, mean_accuracy, stop_reason  # noqa: E402
-from objective.trainer import RunResult  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
 
 FRESH_SEEDS = 10

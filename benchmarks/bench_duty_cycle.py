@@ -24,10 +24,7 @@ import time
 from pathlib import Path
 
 import psycopg
-import torch
 from sleep_worker import RecipeTrain, run_loop  # benchmarks/ is on sys.path when run as a script
-
-from objective.data import load_resident, resolve_root
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -88,14 +85,13 @@ def main() -> None:
 
 
 def recipe_table(trials: int, data_dir: str) -> None:
-    data = load_resident(resolve_root(data_dir), torch.device("cpu"))
-    print(f"\n{trials} trials training the seed recipe (CPU, {torch.get_num_threads()} threads), SQLite\n")
+    print(f"\n{trials} trials training the seed recipe (CPU, in a training process), SQLite\n")
     print("| worker loop | trials | median recipe s | duty cycle |")
     print("|---|---|---|---|")
     for prefetch in (False, True):
         with tempfile.TemporaryDirectory() as scratch:
             recipe, ran, wall = run_loop(f"sqlite:///{scratch}/recipe.db", "recipe", 0.0, trials, None,
-                                         sampler_seed=0, prefetch=prefetch, data=data)
+                                         sampler_seed=0, prefetch=prefetch, data_dir=data_dir)
         assert isinstance(recipe, RecipeTrain)
         median = statistics.median(result.seconds for result in recipe.results)
         print(f"| {'--prefetch' if prefetch else 'default'} | {ran} | {median:.3f} | "

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 from objective.config import TrainConfig
-from objective.data import Mnist
 from objective.objective import Objective
-from objective.trainer import RunResult, train_once
+from objective.result import RunResult
+from objective.trainer_process import TrainingProcess
 from search import worker as search_worker
 from search.device_lock import Claim
+from search.devices import Device
+from search.optuna_internals import set_constraints
 from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop
 from studies.spec import load_spec
@@ -38,7 +40,7 @@ class SleepTrain:
         self.trained = 0.0
         self.runs = 0
 
-    def __call__(self, config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+    def __call__(self, config: TrainConfig, time_limit: float) -> RunResult:
         start = time.perf_counter()
         time.sleep(self.seconds)
         elapsed = time.perf_counter() - start
@@ -50,11 +52,14 @@ class SleepTrain:
 
 
 class RecipeTrain:
-    """Stands in for `train_once`: trains the seed recipe (`base`) on the suggested seed only."""
+    """Stands in for `train_once`: trains the seed recipe (`base`) on the suggested seed only, in
+    a training process on the CPU, as the worker does."""
 
-    def __init__(self, base: TrainConfig) -> None:
+    def __init__(self, base: TrainConfig, data_dir: str) -> None:
         self.base = base
         self.results: list[RunResult] = []
+        self.process = TrainingProcess()
+        self.process.load("cpu", None, (), data_dir)
 
     @property
     def trained(self) -> float:
@@ -64,26 +69,26 @@ class RecipeTrain:
     def runs(self) -> int:
         return len(self.results)
 
-    def __call__(self, config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
-        self.results.append(train_once(self.base.replace(seed=config.seed), data))
+    def __call__(self, config: TrainConfig, time_limit: float) -> RunResult:
+        self.results.append(self.process.run(self.base.replace(seed=config.seed), time_limit))
         return self.results[-1]
 
 
 def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | None,
              timeout: float | None, sampler_seed: int, prefetch: bool = False,
-             data: Mnist | None = None) -> tuple[SleepTrain | RecipeTrain, int, float]:
+             data_dir: str | None = None) -> tuple[SleepTrain | RecipeTrain, int, float]:
     """Run the worker's loop; returns (the stand-in, trials this worker ran, loop wall seconds).
-    With `data`, each trial trains the seed recipe on it instead of sleeping."""
+    With `data_dir`, each trial trains the seed recipe instead of sleeping."""
     spec = load_spec(SPEC)
     # One run per trial (a trial of fixed length), and the loop stops on n_trials/timeout only.
     settings = dataclasses.replace(spec.objective, repeats=1, crown_seeds=1)
     spec = dataclasses.replace(spec, n_trials=10**9, objective=settings)
     storage = RetryingStorage(open_storage(url), Retry())
     study, _ = create_or_load(spec, storage, sampler_seed=sampler_seed, study_name=study_name)
-    sleeper = SleepTrain(trial_seconds) if data is None else RecipeTrain(TrainConfig())
-    objective = Objective(spec.space, spec.base, spec.objective, data=data, train=sleeper)  # type: ignore[arg-type]
-    claim = Claim("sleep", shared=True, handles=[])  # nothing to hold: the trials train nothing
-    worker = search_worker.Worker(spec, study, storage, objective, claim, {"worker": {"pid": 0}},
+    sleeper = SleepTrain(trial_seconds) if data_dir is None else RecipeTrain(TrainConfig(), data_dir)
+    objective = Objective(spec.space, spec.base, spec.objective, sleeper, set_constraints=set_constraints)
+    device = Device(sleeper, Claim("sleep", shared=True, handles=[]), "sleep", {}, simulated=True)
+    worker = search_worker.Worker(spec, study, storage, objective, device, {"worker": {"pid": 0}},
                                   prefetch=prefetch, grace_period=GRACE_PERIOD)
     args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console

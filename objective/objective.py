@@ -38,10 +38,8 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial
 
 from objective.config import TrainConfig
-from objective.data import Mnist
+from objective.result import Run, RunResult
 from objective.seeds import SeedRules, mean_accuracy, median_seconds, stop_reason
-from objective.trainer import RunResult, train_once
-from search.optuna_internals import set_constraints
 
 METRIC_NAME = "penalized seconds"  # the study's objective, as the dashboard names it
 # Seconds between two timings of the seed recipe by one worker: ~1 % of a CPU search's time.
@@ -163,23 +161,35 @@ class Trained:
         return any(run.over_time for run in self.runs) and not self.diverged
 
 
+SetConstraints = Callable[[optuna.Trial, Mapping[str, float]], None]
+
+
+def set_each_constraint(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
+    """Optuna's public way; the worker passes a faster one (search/optuna_internals.py)."""
+    for name, value in constraints.items():
+        trial.set_constraint(name, value)
+
+
 class Objective:
-    """An Optuna objective (callable on a trial) that trains on `data`, which stays resident.
+    """An Optuna objective (callable on a trial) whose runs go to `run`: one timed run of a config
+    on the device the caller holds (a training process, or a simulated device).
 
     A call is three steps, which search/loop.py also takes one by one: `plan` (suggest the config;
     storage), `train_seeds` (train; no storage, so --prefetch can do the storage work of the trials
-    around it meanwhile) and `record` (the trial's attributes and constraints; storage)."""
+    around it meanwhile) and `record` (the trial's attributes and constraints; storage). `clock`:
+    seconds that only go forward (a simulated fleet passes its virtual clock)."""
 
     def __init__(self, space: Mapping[str, BaseDistribution], base: TrainConfig,
-                 settings: ObjectiveSettings, data: Mnist,
-                 train: Callable[[TrainConfig, Mnist, float], RunResult] = train_once) -> None:
+                 settings: ObjectiveSettings, run: Run, clock: Callable[[], float] = time.monotonic,
+                 set_constraints: SetConstraints = set_each_constraint) -> None:
         self.space = dict(space)
         self.base = base
         self.settings = settings
-        self.data = data
-        self.train_once = train
+        self.run = run
+        self.clock = clock
+        self.set_constraints = set_constraints
         self.baseline_seconds: float | None = None  # the yardstick: `measure_baseline`
-        self.baseline_measured_at = -math.inf  # time.monotonic() of that measurement
+        self.baseline_measured_at = -math.inf  # self.clock() at that measurement
         # The best of this worker's own trials: a prepared trial read the study's best before
         # the trial in front of it had finished.
         self.own_best = math.inf
@@ -192,8 +202,8 @@ class Objective:
         Its seconds are the time to beat until a faster feasible trial exists, and set the run
         time limit and each trial's `vs_baseline`. `train_seeds` re-measures it every YARDSTICK_EVERY
         seconds, so a load that came and went does not fix it for the whole search."""
-        self.baseline_seconds = self.train_once(self.base, self.data, self.settings.time_limit).seconds
-        self.baseline_measured_at = time.monotonic()
+        self.baseline_seconds = self.run(self.base, self.settings.time_limit).seconds
+        self.baseline_measured_at = self.clock()
         return self.baseline_seconds
 
     def time_limit(self) -> float:
@@ -213,14 +223,14 @@ class Objective:
     def train_seeds(self, planned: Planned) -> Trained:
         """Train one seed after another (config.seed, +1, ...) until objective/seeds.py stops it."""
         if (self.baseline_seconds is not None
-                and time.monotonic() - self.baseline_measured_at > YARDSTICK_EVERY):
+                and self.clock() - self.baseline_measured_at > YARDSTICK_EVERY):
             self.measure_baseline()
         known = [planned.best, self.own_best, self.baseline_seconds]
         to_beat = min((seconds for seconds in known if seconds is not None), default=math.inf)
         rules, limit, config = self.settings.seed_rules(), self.time_limit(), planned.config
         runs: list[RunResult] = []
         while True:
-            runs.append(self.train_once(config.replace(seed=config.seed + len(runs)), self.data, limit))
+            runs.append(self.run(config.replace(seed=config.seed + len(runs)), limit))
             stopped = stop_reason(runs, rules, to_beat if math.isfinite(to_beat) else None)
             if stopped is not None:
                 break
@@ -248,7 +258,7 @@ class Objective:
         trial.set_user_attr("fingerprint", runs[0].fingerprint)
         if self.baseline_seconds is not None:
             trial.set_user_attr("vs_baseline", trained.seconds / self.baseline_seconds)
-        set_constraints(trial, self.constraints(trained))
+        self.set_constraints(trial, self.constraints(trained))
         if trained.over_time:
             finished = runs[:-1]
             trial.report(penalized_value(mean_accuracy(finished), median_seconds(finished), self.settings,

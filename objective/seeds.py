@@ -28,7 +28,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from objective.trainer import RunResult
+from objective.result import RunResult
 
 # Two standard errors: a trial whose true mean sits exactly on the bar is stopped as "clearly
 # infeasible" after its first seed about 2 % of the time.

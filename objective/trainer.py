@@ -14,8 +14,6 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,21 +23,7 @@ from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.errors import UserError
 from objective.model import build_model
-
-
-@dataclass(frozen=True)
-class RunResult:
-    seed: int
-    accuracy: float  # on all 10,000 test images
-    seconds: float  # the timed span: model construction + training + evaluation
-    train_seconds: float  # the training loop alone
-    steps: int
-    diverged: bool  # a NaN/inf loss stopped the run
-    over_time: bool  # the time limit stopped the run
-    fingerprint: dict[str, str | int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+from objective.result import RunResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,21 +54,6 @@ def fingerprint(device: torch.device) -> dict[str, str | int]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "device_type": device.type, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cores": len(os.sched_getaffinity(0))}
-
-
-def describe_fingerprint(recorded: Mapping[str, object]) -> str:
-    """A fingerprint in words: `NVIDIA H100 80GB HBM3 (cuda, torch 2.14.1, 16 threads, 16 cores)`."""
-    if not recorded:
-        return "(no fingerprint)"
-    device = recorded.get("device", "unknown device")
-    details = [str(recorded["device_type"])] if "device_type" in recorded else []
-    if "torch" in recorded:
-        details.append(f"torch {recorded['torch']}")
-    if "threads" in recorded:
-        details.append(f"{recorded['threads']} threads")
-    if "cores" in recorded:
-        details.append(f"{recorded['cores']} cores")
-    return f"{device} ({', '.join(details)})" if details else str(device)
 
 
 def _cpu_name() -> str:

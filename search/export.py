@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import statistics
 import sys
@@ -34,11 +35,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict
-from objective.data import load_resident, resolve_root
 from objective.errors import UserError
 from objective.objective import ACCURACY_TARGET, is_feasible
-from objective.trainer import describe_fingerprint, train_once
-from search.placement import place
+from objective.result import describe_fingerprint
+from search.devices import open_real
 from search.retry import storage_failure
 from studies.spec import validate_study_name
 from studies.storage import load_existing, mask, parse_url, resolve_url
@@ -122,15 +122,16 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     target = accuracy_target(study.user_attrs)
     used = len(trial.user_attrs.get("accuracies") or [None])
     seeds = verification_seeds(config, args.verify, used=used)
-    # Verification is timed like a trial, so it claims its device as a worker does, and waits.
-    device, claim = place(args.device, args.threads, wait=True, on_wait=say)
-    data = load_resident(resolve_root(args.data_dir), device)
-    say(f"verifying trial {trial.number} on {device} with seeds {seeds[0]}..{seeds[-1]} "
+    # Verification is timed like a trial: in a training process, on a device claimed as a worker
+    # claims it, waiting while another holds it.
+    device = open_real(args.device, args.threads, args.data_dir, shared=False, wait=True,
+                       keep_waiting=lambda: True, on_wait=say)
+    say(f"verifying trial {trial.number} on {device.name} with seeds {seeds[0]}..{seeds[-1]} "
         f"(target {100 * target:.2f} %)")
     try:
-        block = verify(config, seeds, target, run=lambda c: train_once(c, data), progress=say)
+        block = verify(config, seeds, target, run=lambda c: device.run(c, math.inf), progress=say)
     finally:
-        claim.release()
+        device.close()
     if block["fingerprint"] != choice.fingerprint:
         say(f"note: verified on {describe_fingerprint(block['fingerprint'])}, not on the trial's "
             f"{describe_fingerprint(choice.fingerprint)}: compare the seconds with care")

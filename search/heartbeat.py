@@ -16,8 +16,9 @@ import logging
 import threading
 
 import optuna
+from optuna.storages import BaseStorage
 
-from search.optuna_internals import HeartbeatInterface, trial_id
+from search.optuna_internals import has_heartbeats, trial_id
 from search.retry import storage_failure
 from search.stale import fail_stale_trials, requeue_orphans
 
@@ -25,11 +26,12 @@ log = logging.getLogger("search")
 
 
 class Heartbeat:
-    def __init__(self, study: optuna.Study, storage: HeartbeatInterface, grace_period: float) -> None:
+    def __init__(self, study: optuna.Study, storage: BaseStorage, grace_period: float) -> None:
         self.study = study
         self.storage = storage
         self.grace_period = grace_period
-        self.interval = storage.get_heartbeat_interval()  # None: heartbeats are off
+        # None: heartbeats are off (a storage without them, or a simulated fleet's virtual time)
+        self.interval = storage.get_heartbeat_interval() if has_heartbeats(storage) else None  # type: ignore[attr-defined]
         self._live: dict[int, int] = {}  # trial id -> number
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -59,6 +61,8 @@ class Heartbeat:
 
     def check_stale(self) -> None:
         """Fail the study's stale trials and queue the retries a dead checker left out."""
+        if self.interval is None:
+            return
         fail_stale_trials(self.study)
         if orphans := requeue_orphans(self.study, self.storage, self.grace_period):
             log.info("queued the retry of trial(s) %s, failed as stale by a worker that died before "

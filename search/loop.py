@@ -34,10 +34,8 @@ Why this loop and not `study.optimize`, which runs the same ask and tell (Optuna
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
-import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,12 +43,13 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.errors import first_line
 from objective.objective import Objective, Planned, Trained
+from objective.trainer_process import TrainingFailed
+from search.clock import SYSTEM, Clock
 from search.heartbeat import Heartbeat
 from search.retry import DatabaseUnavailable
 from search.signals import GracefulStop, WorkerInterrupted
@@ -75,11 +74,15 @@ class Stops:
     timeout: float | None = None  # --timeout: seconds of searching
     budget: int | None = None  # [study] n_trials: finished trials of every worker
     minutes: float | None = None  # [study] minutes from the study's creation ...
-    deadline: float | None = None  # ... as the time.time() past which no trial starts
-    started: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # ... as the clock.time() past which no trial starts
+    clock: Clock = SYSTEM  # a simulated fleet's is virtual (search/clock.py)
+    started: float = field(init=False)
     ran: int = 0  # trials this worker has run (or runs now)
     failures_in_a_row: int = 0
     last_failure: str | None = None
+
+    def __post_init__(self) -> None:
+        self.started = self.clock.monotonic()
 
     def count(self, trial: FrozenTrial) -> None:
         """Count a finished trial of this worker's."""
@@ -96,7 +99,7 @@ class Stops:
             return f"{self.signal_name} received"
         if self.n_trials is not None and self.ran + running >= self.n_trials:
             return f"ran --n-trials {self.n_trials}"
-        if self.timeout is not None and time.monotonic() + ahead - self.started >= self.timeout:
+        if self.timeout is not None and self.clock.monotonic() + ahead - self.started >= self.timeout:
             return f"--timeout {self.timeout:g} s passed"
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             return (f"{self.failures_in_a_row} trials in a row failed (last: {self.last_failure}); "
@@ -106,7 +109,7 @@ class Stops:
     def budget_reason(self, study: optuna.Study, running: int = 0) -> str | None:
         """The study's budget, counting every worker's finished trials and this worker's
         `running` one."""
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is not None and self.clock.time() >= self.deadline:
             return f"the study's budget is reached ({self.minutes:g} minutes since it was created)"
         if self.budget is None:
             return None
@@ -197,7 +200,6 @@ def train(objective: Objective, begun: Begun) -> Ending:
         raise
     except Exception as error:  # any bug or OOM fails this trial, not the worker
         reason = failure_reason(error, begun.trial.number)
-    _free_memory()  # after the except block: the exception no longer pins the trial's tensors
     return Ending(failure=reason)
 
 
@@ -246,14 +248,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: T
 
 
 def failure_reason(error: BaseException, number: int) -> str:
-    """`OutOfMemoryError: CUDA out of memory ...`: the type and the first line of the message."""
+    """`OutOfMemoryError: CUDA out of memory ...`: the type (in the training process, for a run
+    that raised there) and the first line of the message."""
     log.debug("trial %d failed:\n%s", number, traceback.format_exc())
-    return f"{type(error).__name__}: {first_line(str(error))}"[:REASON_LENGTH]
-
-
-def _free_memory() -> None:
-    """Give back what a failed trial allocated (above all after an out-of-memory error), so the
-    next trial starts from the same memory state as every other."""
-    gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    kind = error.kind if isinstance(error, TrainingFailed) else type(error).__name__
+    return f"{kind}: {first_line(str(error))}"[:REASON_LENGTH]

@@ -31,6 +31,12 @@ class HeartbeatInterface(BaseHeartbeat):
         """The study's RUNNING trials whose last heartbeat is older than the grace period."""
 
 
+def has_heartbeats(storage: object) -> bool:
+    """Whether `storage` speaks Optuna's heartbeat interface (RDBStorage, the retrying storage; not
+    the in-memory one a simulated fleet may use)."""
+    return isinstance(storage, BaseHeartbeat)
+
+
 def cached(backend: RDBStorage) -> _CachedStorage:
     """Optuna's read cache over an RDBStorage: what `create_study(storage=RDBStorage)` builds
     itself. Without it every ask reads every trial of the study again."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from objective.objective import Objective
+from search.clock import Clock, VirtualClock
 from search.heartbeat import Heartbeat
 from search.loop import Begun, Ending, Stops, begin, end, release, train
 
@@ -33,16 +33,20 @@ T = TypeVar("T")
 
 class Background:
     """One daemon thread running jobs in order. A daemon, so that a worker giving up on a dead
-    database exits at once instead of waiting out the retries of a job still queued."""
+    database exits at once instead of waiting out the retries of a job still queued. On a virtual
+    clock a job counts from its submission to its end, so simulated time waits for it."""
 
-    def __init__(self, on_start: Callable[[], None]) -> None:
+    def __init__(self, on_start: Callable[[], None], clock: Clock) -> None:
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
         self._on_start = on_start
+        self._virtual = clock if isinstance(clock, VirtualClock) else None
         self._pending: list[Future[Any]] = []
         threading.Thread(target=self._work, name="prefetch", daemon=True).start()
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
+        if self._virtual is not None:
+            self._virtual.hold()
         self._jobs.put((future, job))
         self._pending.append(future)
         return future
@@ -69,6 +73,9 @@ class Background:
                 future.set_result(job())
             except BaseException as error:
                 future.set_exception(error)
+            finally:
+                if self._virtual is not None:
+                    self._virtual.release()
 
 
 def run_trials_prefetching(study: optuna.Study, objective: Objective, heartbeat: Heartbeat, stops: Stops,
@@ -78,7 +85,7 @@ def run_trials_prefetching(study: optuna.Study, objective: Objective, heartbeat:
     """search/loop.py's `run_trials`, with trial N+1 begun and trial N-1 ended while trial N
     trains. `adopt_thread` lets the background thread's storage calls be retried. Returns why it
     stopped."""
-    background = Background(adopt_thread)
+    background = Background(adopt_thread, stops.clock)
 
     def begin_unless_budget(running: int) -> Begun | str:
         reason = stops.budget_reason(study, running)
@@ -111,9 +118,9 @@ def run_trials_prefetching(study: optuna.Study, objective: Objective, heartbeat:
                 if stops.own_reason(ahead=train_seconds, running=1) is None:
                     upcoming = background.submit(lambda: begin_unless_budget(running=1))
                 stops.ran += 1
-                started = time.monotonic()
+                started = stops.clock.monotonic()
                 ending = train(objective, begun)
-                train_seconds = time.monotonic() - started
+                train_seconds = stops.clock.monotonic() - started
                 background.submit(lambda b=begun, e=ending: end_and_count(b, e))
                 if stops.signals.aborted:
                     reason = f"aborted on a second {stops.signal_name}"

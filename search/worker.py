@@ -21,6 +21,13 @@ seconds (default 120). Past that the worker exits 1; the trial it was running st
 its heartbeat is --grace-period seconds old, then the next worker to look (a running one, or the
 next one started) marks it FAILED and queues a retry of its parameters.
 
+--simulate PROFILE (h100, a100, l4, cpu) trains nothing: each run sleeps the seconds a model of
+that device gives and reports the accuracy a model fitted to real runs gives (objective/sim/);
+no torch, no MNIST, no device held, and trials fingerprinted "simulated PROFILE", never mixed
+with real ones. --fast-forward does not sleep: a virtual clock counts the simulated seconds (the
+study's minutes too), and --workers N runs N simulated workers on it in this one process, in the
+order their runs would end (search/clock.py, search/fleet.py).
+
 Exit codes: 0 stopped as planned; 1 the storage failed mid-run (or stayed away past --db-patience),
 or trials keep failing; 2 bad input (one `error: ...` line on stderr, nothing written to the
 storage); 130/143 aborted by a second SIGINT/SIGTERM.
@@ -33,28 +40,28 @@ import logging
 import os
 import socket
 import sys
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from objective.cli import OneLineParser, hide_passwords
-from objective.config import TrainConfig
-from objective.data import Mnist, load_resident, resolve_root
 from objective.errors import UserError
 from objective.objective import Objective
-from objective.trainer import RunResult, describe_fingerprint, fingerprint, train_once
-from search.device_lock import Claim, WaitAbandoned
+from objective.result import describe_fingerprint
+from objective.sim.device import profile_names
+from search.clock import SYSTEM, Clock, VirtualClock
+from search.device_lock import WaitAbandoned
+from search.devices import Device, open_real, open_simulated
+from search.fleet import run_on_virtual_clock
 from search.heartbeat import Heartbeat
 from search.loop import STORAGE_FAILURES, Stops, run_trials
-from search.optuna_internals import RDB_STORAGE_LOGGER
-from search.placement import place
+from search.optuna_internals import RDB_STORAGE_LOGGER, set_constraints
+from search.placement import check_device_name
 from search.prefetch import run_trials_prefetching
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
 from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
@@ -148,6 +155,12 @@ def parser() -> argparse.ArgumentParser:
                         "while this one trains (default: on for a GPU, off for the CPU, whose timed run "
                         "the thread would slow); a stop then finds one trial asked, which turns FAILED "
                         "as not run")
+    p.add_argument("--simulate", metavar="PROFILE",
+                   help=f"train nothing: a simulated device ({', '.join(profile_names())}); see above")
+    p.add_argument("--fast-forward", action="store_true",
+                   help="with --simulate: no sleeping, a virtual clock counts the simulated seconds")
+    p.add_argument("--workers", metavar="N", type=_at_least_one, default=1,
+                   help="with --fast-forward: N simulated workers in this process (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--verbose", action="store_true",
                    help="also log trial starts and the traceback of every failed trial")
@@ -158,13 +171,19 @@ def parser() -> argparse.ArgumentParser:
 class Worker:
     spec: StudySpec
     study: optuna.Study
-    storage: RetryingStorage
+    storage: BaseStorage  # a RetryingStorage, or any BaseStorage (a simulated fleet's in memory)
     objective: Objective
-    claim: Claim
+    device: Device
     trial_attrs: dict[str, Any]  # stored on every trial this worker runs
     prefetch: bool  # search/prefetch.py
     grace_period: float
-    deadline: float | None = None  # time.time() past which no trial starts: [study] minutes
+    clock: Clock = SYSTEM
+    deadline: float | None = None  # clock.time() past which no trial starts: [study] minutes
+
+    def adopt_thread(self) -> None:
+        """Let a thread of --prefetch's have its storage calls retried too."""
+        if isinstance(self.storage, RetryingStorage):
+            self.storage.adopt_thread()
 
 
 def default_spec() -> str:
@@ -179,9 +198,9 @@ def default_sampler_seed(spec: StudySpec) -> int | None:
     return None if spec.sampler_seed is None else (spec.sampler_seed + os.getpid()) % 2**32
 
 
-def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
-    """Everything that can fail on bad input happens here, and the study is made last: a bad spec,
-    device, data folder or storage URL never leaves a half-made study behind."""
+def check_args(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
+    """Everything about the command line that is wrong before anything starts: (spec, study
+    name, storage URL)."""
     spec = load_spec(args.spec or default_spec())
     name = validate_study_name(args.study) if args.study else spec.name
     url = resolve_url(args.storage)
@@ -189,38 +208,92 @@ def open_worker(args: argparse.Namespace, stop: GracefulStop) -> Worker:
     if args.grace_period <= args.heartbeat_interval:
         raise UserError(f"--grace-period ({args.grace_period} s) must be longer than --heartbeat-interval "
                          f"({args.heartbeat_interval} s), or every running trial would count as dead")
-    device, claim = place(args.device, args.threads, shared=args.share_device, wait=args.wait_device,
-                          keep_waiting=lambda: not stop.requested, on_wait=log.info)
-    with stop.interruptible():
-        data = load_resident(resolve_root(args.data_dir), device)
-    storage = RetryingStorage(open_storage(url, heartbeat_interval=args.heartbeat_interval,
-                                           grace_period=args.grace_period),
-                              Retry(patience=args.db_patience))
+    if args.simulate is not None and args.simulate not in profile_names():
+        raise UserError(f"unknown --simulate profile {args.simulate!r}; "
+                         f"choose one of {', '.join(profile_names())}")
+    if args.fast_forward and args.simulate is None:
+        raise UserError("--fast-forward needs --simulate PROFILE: a real run cannot skip its seconds")
+    if args.workers > 1 and not args.fast_forward:
+        raise UserError("--workers N needs --fast-forward; start N processes for N real-time workers")
+    check_device_name(args.device)
+    return spec, name, url
+
+
+def open_study_storage(url: str, args: argparse.Namespace) -> RetryingStorage:
+    # Heartbeats are wall-clock seconds: in virtual time every trial would look dead or alive forever.
+    return RetryingStorage(open_storage(url, heartbeat=not args.fast_forward,
+                                        heartbeat_interval=args.heartbeat_interval,
+                                        grace_period=args.grace_period),
+                           Retry(patience=args.db_patience))
+
+
+def open_device(args: argparse.Namespace, stop: GracefulStop, clock: Clock, index: int) -> Device:
+    if args.simulate is not None:
+        seed = None if args.sampler_seed is None else args.sampler_seed + 7919 * index
+        return open_simulated(args.simulate, clock, seed)
+    return open_real(args.device, args.threads, args.data_dir, args.share_device, args.wait_device,
+                     keep_waiting=lambda: not stop.requested, on_wait=log.info,
+                     interruptible=stop.interruptible)
+
+
+def open_worker(args: argparse.Namespace, stop: GracefulStop, clock: Clock = SYSTEM,
+                storage: BaseStorage | None = None, index: int = 0) -> Worker:
+    """Everything that can fail on bad input happens here, and the study is made last: a bad spec,
+    device, data folder or storage URL never leaves a half-made study behind. `storage` and
+    `index`: a simulated fleet's shared storage, and which of its workers this is."""
+    spec, name, url = check_args(args)
+    device = open_device(args, stop, clock, index)
+    try:
+        return _open_worker(args, stop, clock, storage, index, spec, name, url, device)
+    except BaseException:
+        device.close()
+        raise
+
+
+def _open_worker(args: argparse.Namespace, stop: GracefulStop, clock: Clock, storage: BaseStorage | None,
+                 index: int, spec: StudySpec, name: str, url: str, device: Device) -> Worker:
+    storage = storage if storage is not None else open_study_storage(url, args)
     # The yardstick goes into the new study's note, so it is timed before the study is made, and
     # after the storage answered: a wrong URL is reported at once, not after a training run.
-    objective = Objective(spec.space, spec.base, spec.objective, data, train=interruptible(train_once, stop))
+    objective = Objective(spec.space, spec.base, spec.objective, device.run, clock=clock.monotonic,
+                          set_constraints=set_constraints)
     with stop.interruptible():
         baseline = objective.measure_baseline()
     log.info("yardstick: the seed recipe takes %.3f s here; a run past %.3f s is stopped",
              baseline, objective.time_limit())
     seed = args.sampler_seed if args.sampler_seed is not None else default_sampler_seed(spec)
-    note = study_note(spec, baseline, describe_fingerprint(fingerprint(device)))
-    study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name, note=note)
+    seed = None if seed is None else (seed + index) % 2**32
+    note = study_note(spec, baseline, describe_fingerprint(device.fingerprint))
+    study, created = create_or_load(spec, storage, sampler_seed=seed, study_name=name, note=note,
+                                    now=clock.time())
     if not created:
         check_same_recipe(study, spec, url)
-    threads = torch.get_num_threads()
-    log.info("%s study %r in %s from %s: device %s (%s %s, %d torch thread%s), sampler %s seed %s, pid %d",
-             "created" if created else "joined", name, mask(url), spec.source, device, claim.label,
-             "shared with other --share-device workers" if claim.shared else "held by this worker alone",
-             threads, "" if threads == 1 else "s", spec.sampler_name, seed, os.getpid())
-    prefetch = args.prefetch if args.prefetch is not None else device.type == "cuda"
-    # prefetch is recorded because its background thread can slow the timed run beside it.
-    trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
-                              "shared_device": claim.shared, "prefetch": prefetch}}
-    created = study.user_attrs.get("created_at")
-    deadline = (created + 60 * spec.minutes
-                if spec.minutes is not None and isinstance(created, float | int) else None)
-    return Worker(spec, study, storage, objective, claim, trial_attrs, prefetch, args.grace_period, deadline)
+    log.info("%s study %r in %s from %s: device %s (%s), sampler %s seed %s, pid %d",
+             "created" if created else "joined", name, mask(url), spec.source, device.name,
+             held_in_words(device), spec.sampler_name, seed, os.getpid())
+    # A GPU's timed run leaves the host's cores free for the service; a CPU's uses them.
+    on_gpu = device.fingerprint.get("device_type") == "cuda" or args.simulate not in (None, "cpu")
+    prefetch = args.prefetch if args.prefetch is not None else on_gpu
+    # prefetch is recorded because its background thread shares this host's cores with the run.
+    trial_attrs = {"worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": device.name,
+                              "shared_device": device.claim.shared, "prefetch": prefetch}}
+    if args.workers > 1:
+        trial_attrs["worker"]["fleet_index"] = index
+    created_at = study.user_attrs.get("created_at")
+    deadline = (created_at + 60 * spec.minutes
+                if spec.minutes is not None and isinstance(created_at, float | int) else None)
+    return Worker(spec, study, storage, objective, device, trial_attrs, prefetch, args.grace_period,
+                  clock, deadline)
+
+
+def held_in_words(device: Device) -> str:
+    """`cores 0-1 held by this worker alone, 2 torch threads`, or what a simulated device holds."""
+    if device.simulated:
+        return "simulated: nothing held"
+    count = device.threads
+    threads = "" if count is None else f", {count} torch thread{'s' * (count != 1)}"
+    held = "shared with other --share-device workers" if device.claim.shared else "held by this worker alone"
+    return f"{device.claim.label} {held}{threads}"
 
 
 def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
@@ -238,27 +311,13 @@ def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
                         f"the spec {spec.objective.accuracy_target}; pass --study NEW_NAME or fix the spec")
 
 
-Train = Callable[[TrainConfig, Mnist, float], RunResult]
-
-
-def interruptible(train: Train, stop: GracefulStop) -> Train:
-    """`train` inside the stop's interruptible region: a second signal may cut training short,
-    but never one of the objective's database writes around it."""
-
-    def run(config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
-        with stop.interruptible():
-            return train(config, data, time_limit)
-
-    return run
-
-
 def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> int:
     """Run trials until a stop (search/loop.py, or search/prefetch.py); returns the exit code."""
     study, summary = worker.study, Summary()
     bar = ProgressBar(args.n_trials, enabled=not args.no_progress)
     heartbeat = Heartbeat(study, worker.storage, worker.grace_period)
     stops = Stops(signals, n_trials=args.n_trials, timeout=args.timeout, budget=worker.spec.n_trials,
-                  minutes=worker.spec.minutes, deadline=worker.deadline)
+                  minutes=worker.spec.minutes, deadline=worker.deadline, clock=worker.clock)
 
     def on_told(trial: FrozenTrial) -> None:  # on the background thread with --prefetch
         summary.add(trial)
@@ -274,11 +333,11 @@ def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> i
         heartbeat.check_stale()  # a dead worker's trials, before asking: its retry may be waiting
         if worker.prefetch:
             reason = run_trials_prefetching(study, worker.objective, heartbeat, stops, worker.trial_attrs,
-                                            on_told, on_released, worker.storage.adopt_thread)
+                                            on_told, on_released, worker.adopt_thread)
         else:
             reason = run_trials(study, worker.objective, heartbeat, stops, worker.trial_attrs, on_told)
         bar.close()
-        for line in summary.lines(reason, study, time.monotonic() - stops.started):
+        for line in summary.lines(reason, study, worker.clock.monotonic() - stops.started):
             log.info(line)
     except DatabaseUnavailable as error:
         held, running = heartbeat.held(), "no trial was running"
@@ -296,7 +355,7 @@ def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> i
     finally:
         heartbeat.close()
         bar.close()
-        worker.claim.release()
+        worker.device.close()
     return stops.exit_code
 
 
@@ -317,6 +376,19 @@ def say_error(message: str, args: argparse.Namespace) -> None:
 
 
 
+def fast_forward(args: argparse.Namespace, stop: GracefulStop) -> int:
+    """--simulate --fast-forward: --workers simulated workers on one virtual clock (search/fleet.py)."""
+    _, _, url = check_args(args)
+    storage = open_study_storage(url, args)
+    clock = VirtualClock()
+
+    def one(index: int) -> int:
+        storage.adopt_thread()
+        return search(open_worker(args, stop, clock, storage, index), args, stop)
+
+    return run_on_virtual_clock(args.workers, clock, one)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_optuna()
     stop = GracefulStop()
@@ -324,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(verbose=args.verbose, secrets=secrets_of(resolve_url(args.storage)))
     try:
+        if args.fast_forward:
+            return fast_forward(args, stop)
         worker = open_worker(args, stop)
     except UserError as error:
         say_error(str(error), args)

@@ -6,7 +6,8 @@
                  penalty_per_point, max_penalty_points, repeats, crown_seeds, accuracy_sd,
                  slower_margin (objective/objective.py and objective/seeds.py say what each does)
     [train]      fixed TrainConfig fields (epochs, train_subset, ...); the rest keep the seed's values
-    [sampler]    name = "tpe" | "random" | "gp" | "cmaes" | "qmc", seed, and the sampler's options
+    [sampler]    name = "tpe" | "random" | "gp" | "cmaes" | "qmc", seed, history (at most this many
+                 finished trials seen per ask: studies/sampler.py), and the sampler's options
     [params.X]   type = "float" | "int" (low, high, log, step) or "categorical" (choices)
     [[start]]    start points: searched params set away from the baseline's, each enqueued once
                  after the baseline when the study is created
@@ -36,6 +37,7 @@ from optuna.distributions import (
 from objective.config import FIELD_TYPES, ConfigError, TrainConfig, from_dict
 from objective.errors import UserError
 from objective.objective import ObjectiveSettings
+from studies.sampler import BoundedHistory
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SECTIONS = {"study", "objective", "train", "sampler", "params", "start"}
@@ -46,6 +48,7 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
 }
+HISTORY_BEST = 50  # of a bounded history, the best trials always in view (studies/sampler.py)
 # Parameters the search never varies: they are bookkeeping or speed-only, not recipe knobs.
 NOT_SEARCHABLE = {"seed", "check_every", "eval_batch", "train_subset"}
 
@@ -67,6 +70,7 @@ class StudySpec:
     sampler_seed: int | None = None
     source: str = ""
     minutes: float | None = None  # the study's wall-clock budget, from its creation
+    history: int | None = None  # finished trials the sampler sees per ask (studies/sampler.py)
     starts: list[dict[str, Any]] = field(default_factory=list)  # [[start]] points, over the baseline
 
     def baseline_params(self) -> dict[str, Any]:
@@ -78,7 +82,8 @@ class StudySpec:
         return [self.baseline_params()] + [{**self.baseline_params(), **start} for start in self.starts]
 
     def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
-        return SAMPLERS[self.sampler_name](seed=seed, **self.sampler_options)
+        sampler = SAMPLERS[self.sampler_name](seed=seed, **self.sampler_options)
+        return sampler if self.history is None else BoundedHistory(sampler, self.history, HISTORY_BEST)
 
 
 def validate_study_name(name: object) -> str:
@@ -133,6 +138,9 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     seed = sampler.pop("seed", None)
     if seed is not None:
         seed = _integer(seed, "[sampler] seed", minimum=0)
+    history = sampler.pop("history", None)
+    if history is not None:
+        history = _integer(history, "[sampler] history", minimum=HISTORY_BEST)
     try:
         SAMPLERS[sampler_name](seed=seed, **sampler)  # the sampler itself judges its options
     except (TypeError, ValueError) as error:
@@ -141,7 +149,7 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     return StudySpec(name=name, n_trials=n_trials, space=space, base=base, objective=objective,
                      sampler_name=sampler_name, sampler_options=sampler, direction=direction,
                      sampler_seed=seed, source=source,
-                     minutes=None if minutes is None else float(minutes),
+                     minutes=None if minutes is None else float(minutes), history=history,
                      starts=_starts(document.get("start", []), space, base))
 
 

@@ -175,12 +175,14 @@ def _first_line(error: sqlalchemy.exc.DBAPIError) -> str:
 
 
 def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | None,
-                   study_name: str | None = None, note: str | None = None) -> tuple[optuna.Study, bool]:
+                   study_name: str | None = None, note: str | None = None,
+                   now: float | None = None) -> tuple[optuna.Study, bool]:
     """The spec's study on `storage`, created if missing. Returns (study, created).
 
     Exactly one of many workers starting at the same second creates the study (the database's
     unique name decides), names its objective, writes `note` for the dashboard and enqueues the
-    seed-recipe baseline and the spec's start points, so each exists once."""
+    seed-recipe baseline and the spec's start points, so each exists once. `now`: the creation time
+    (time.time(), or a simulated fleet's virtual clock), from which [study] minutes count."""
     name = study_name or spec.name
     sampler = spec.make_sampler(sampler_seed)
     try:
@@ -192,7 +194,7 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
     study.set_user_attr("spec", spec.source)
     study.set_user_attr("base_config", spec.base.to_dict())
     study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
-    study.set_user_attr("created_at", time.time())  # the [study] minutes budget counts from here
+    study.set_user_attr("created_at", time.time() if now is None else now)  # [study] minutes count from here
     if note is not None:
         save_note(study, note)
     baseline, *starts = spec.start_params()

@@ -98,6 +98,11 @@ CASES: dict[str, Case] = {
     "worker: unknown device": Case(WORKER, ["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda"),
     "worker: more threads than cores": Case(
         WORKER, ["--threads", "999"], "--threads 999 asks for more cores than this process may use"),
+    "worker: unknown simulated device": Case(
+        WORKER, ["--simulate", "tpu9"],
+        "unknown --simulate profile 'tpu9'; choose one of a100, cpu, h100, l4"),
+    "worker: fast-forward of a real device": Case(
+        WORKER, ["--fast-forward"], "--fast-forward needs --simulate PROFILE"),
     "worker: missing MNIST, no network": Case(
         WORKER, ["--data-dir", "{dir}/no-mnist"], "MNIST not found in", offline=True),
     # -- objective.train: what `main` in-process cannot show ----------------------------------------

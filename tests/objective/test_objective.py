@@ -19,7 +19,9 @@ from objective.objective import (
     penalized_value,
     suggest,
 )
-from objective.trainer import RunResult
+from objective.result import RunResult
+from objective.trainer import train_once
+from search.optuna_internals import set_constraints
 
 FINGERPRINT: dict[str, str | int] = {"device": "fake cpu", "device_type": "cpu", "torch": "x", "threads": 2}
 SPACE = {
@@ -51,7 +53,7 @@ class FakeTrain:
         self.answer = answer
         self.calls: list[tuple[TrainConfig, float]] = []
 
-    def __call__(self, config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+    def __call__(self, config: TrainConfig, time_limit: float) -> RunResult:
         self.calls.append((config, time_limit))
         return self.answer(config, len(self.calls) - 1)
 
@@ -65,8 +67,8 @@ def make_study() -> optuna.Study:
     return optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
 
 
-def make_objective(train: FakeTrain, data: Mnist, **settings: object) -> Objective:
-    return Objective(SPACE, BASE, ObjectiveSettings(**settings), data, train=train)  # type: ignore[arg-type]
+def make_objective(train: FakeTrain, **settings: object) -> Objective:
+    return Objective(SPACE, BASE, ObjectiveSettings(**settings), train)  # type: ignore[arg-type]
 
 
 # --- the value's shape --------------------------------------------------------------------------
@@ -181,8 +183,8 @@ def test_suggest_rejects_unknown_distributions() -> None:
     assert isinstance(suggest(trial, "y", Odd(0.0, 1.0)), float)  # subclasses still work
 
 
-def test_config_for_applies_the_suggestions_to_the_base(synthetic_mnist: Mnist) -> None:
-    objective = make_objective(scripted(), synthetic_mnist)
+def test_config_for_applies_the_suggestions_to_the_base() -> None:
+    objective = make_objective(scripted())
     trial = make_study().ask()
     config = objective.config_for(trial)
     assert config.lr == trial.params["lr"]
@@ -193,10 +195,10 @@ def test_config_for_applies_the_suggestions_to_the_base(synthetic_mnist: Mnist) 
 
 # --- one trial: attributes, constraint, value -------------------------------------------------
 
-def test_feasible_trial_records_its_attributes(synthetic_mnist: Mnist) -> None:
+def test_feasible_trial_records_its_attributes() -> None:
     train = scripted(result(0.993, 4.5, seed=10))
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist), n_trials=1)
+    study.optimize(make_objective(train), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert trial.value == 4.5
@@ -215,9 +217,9 @@ def test_feasible_trial_records_its_attributes(synthetic_mnist: Mnist) -> None:
     assert trial.constraints["slower_than_recipe"] == 0.0  # no recipe timed: no time bound
 
 
-def test_infeasible_trial_is_penalized_and_its_constraint_is_positive(synthetic_mnist: Mnist) -> None:
+def test_infeasible_trial_is_penalized_and_its_constraint_is_positive() -> None:
     study = make_study()
-    study.optimize(make_objective(scripted(result(0.97, 1.0)), synthetic_mnist, time_limit=50.0),
+    study.optimize(make_objective(scripted(result(0.97, 1.0)), time_limit=50.0),
                    n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
@@ -225,23 +227,33 @@ def test_infeasible_trial_is_penalized_and_its_constraint_is_positive(synthetic_
     assert trial.constraints["accuracy_points_short"] == pytest.approx(2.0)
 
 
-def test_trial_constraints_are_visible_on_the_live_trial(synthetic_mnist: Mnist) -> None:
+def test_trial_constraints_are_visible_on_the_live_trial() -> None:
     study = make_study()
     trial = study.ask()
-    value = make_objective(scripted(result(0.985, 2.0)), synthetic_mnist)(trial)
+    value = make_objective(scripted(result(0.985, 2.0)))(trial)
     assert trial.constraints["accuracy_points_short"] == pytest.approx(0.5)
     study.tell(trial, value)
-    # Optuna 5's named constraints, and the list optuna-dashboard 0.21 reads (Optuna: "0", "1")
+    # A plain objective writes Optuna 5's named constraints through its public API ...
+    assert study.trials[0].constraints == {"accuracy_points_short": pytest.approx(0.5), "slower_than_recipe": 0.0}
+
+
+def test_the_workers_constraints_are_also_the_list_the_dashboard_reads() -> None:
+    study = make_study()
+    trial = study.ask()
+    objective = Objective(SPACE, BASE, ObjectiveSettings(), scripted(result(0.985, 2.0)),
+                          set_constraints=set_constraints)
+    study.tell(trial, objective(trial))
+    # ... the worker's also the list optuna-dashboard 0.21 reads (which Optuna reads as "0", "1")
     assert study.trials[0].constraints == {"accuracy_points_short": pytest.approx(0.5),
                                            "slower_than_recipe": 0.0,
                                            "0": pytest.approx(0.5), "1": 0.0}
     assert study.trials[0].system_attrs["constraints"] == [pytest.approx(0.5), 0.0]
 
 
-def test_infeasible_trials_are_never_the_best(synthetic_mnist: Mnist) -> None:
+def test_infeasible_trials_are_never_the_best() -> None:
     train = scripted(result(0.98, 0.5), result(0.995, 40.0), result(0.5, 0.1), result(0.991, 30.0))
     study = make_study()
-    objective = make_objective(train, synthetic_mnist)
+    objective = make_objective(train)
     study.optimize(objective, n_trials=2)
     assert study.best_trial.number == 1
     study.optimize(objective, n_trials=2)
@@ -251,10 +263,10 @@ def test_infeasible_trials_are_never_the_best(synthetic_mnist: Mnist) -> None:
     assert all(study.best_trial.constraints[k] <= 0 for k in study.best_trial.constraints)
 
 
-def test_a_study_with_only_infeasible_trials_has_no_best(synthetic_mnist: Mnist) -> None:
+def test_a_study_with_only_infeasible_trials_has_no_best() -> None:
     study = make_study()
     assert best_feasible_value(study) is None  # no trials at all
-    study.optimize(make_objective(scripted(result(0.98, 0.5), result(0.9, 0.2)), synthetic_mnist),
+    study.optimize(make_objective(scripted(result(0.98, 0.5), result(0.9, 0.2))),
                    n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     with pytest.raises(ValueError):
@@ -264,11 +276,11 @@ def test_a_study_with_only_infeasible_trials_has_no_best(synthetic_mnist: Mnist)
 
 # --- seed by seed --------------------------------------------------------------------------------
 
-def test_seeds_are_consecutive_and_judged_on_median_seconds_and_mean_accuracy(synthetic_mnist: Mnist) -> None:
+def test_seeds_are_consecutive_and_judged_on_median_seconds_and_mean_accuracy() -> None:
     by_seed = {10: result(0.990, 5.0, 10), 11: result(0.994, 1.0, 11), 12: result(0.998, 3.0, 12)}
     train = FakeTrain(lambda config, call: by_seed[config.seed])
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, repeats=3), n_trials=1)
+    study.optimize(make_objective(train, repeats=3), n_trials=1)
     trial = study.trials[0]
     assert [config.seed for config, _ in train.calls] == [10, 11, 12]
     assert len({config.replace(seed=0) for config, _ in train.calls}) == 1  # the same config
@@ -279,10 +291,10 @@ def test_seeds_are_consecutive_and_judged_on_median_seconds_and_mean_accuracy(sy
     assert trial.user_attrs["config"]["seed"] == 10
 
 
-def test_a_clearly_infeasible_first_seed_saves_the_other_seeds(synthetic_mnist: Mnist) -> None:
+def test_a_clearly_infeasible_first_seed_saves_the_other_seeds() -> None:
     train = scripted(result(0.980, 2.0), result(0.999, 2.0), result(0.999, 2.0))
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, repeats=3), n_trials=1)
+    study.optimize(make_objective(train, repeats=3), n_trials=1)
     trial = study.trials[0]
     assert len(train.calls) == 1
     assert trial.state == TrialState.COMPLETE  # decided, so the sampler learns from it
@@ -290,21 +302,21 @@ def test_a_clearly_infeasible_first_seed_saves_the_other_seeds(synthetic_mnist: 
     assert trial.constraints["accuracy_points_short"] > 0
 
 
-def test_a_trial_clearly_slower_than_the_best_stops_after_one_seed(synthetic_mnist: Mnist) -> None:
+def test_a_trial_clearly_slower_than_the_best_stops_after_one_seed() -> None:
     train = scripted(result(0.995, 2.0), result(0.995, 9.0), result(0.995, 9.0))
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist), n_trials=1)  # the best: 2.0 s
-    study.optimize(make_objective(train, synthetic_mnist, repeats=2), n_trials=1)
+    study.optimize(make_objective(train), n_trials=1)  # the best: 2.0 s
+    study.optimize(make_objective(train, repeats=2), n_trials=1)
     assert len(train.calls) == 2
     slow = study.trials[1]
     assert slow.user_attrs["stopped"].startswith("clearly slower after 1 seed")
     assert slow.value == 9.0  # a real, honest time
 
 
-def test_the_crown_guard_runs_a_would_be_best_trial_on_more_seeds(synthetic_mnist: Mnist) -> None:
+def test_the_crown_guard_runs_a_would_be_best_trial_on_more_seeds() -> None:
     train = FakeTrain(lambda config, call: result(0.995, 2.0, config.seed))
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, repeats=2, crown_seeds=5), n_trials=1)
+    study.optimize(make_objective(train, repeats=2, crown_seeds=5), n_trials=1)
     trial = study.trials[0]
     assert [config.seed for config, _ in train.calls] == [10, 11, 12, 13, 14]
     assert trial.user_attrs["stopped"] == "crowned: held the bar and its speed over 5 seeds"
@@ -312,12 +324,12 @@ def test_the_crown_guard_runs_a_would_be_best_trial_on_more_seeds(synthetic_mnis
     assert study.best_trial.number == 0
 
 
-def test_a_lucky_start_loses_the_crown_and_never_becomes_the_best(synthetic_mnist: Mnist) -> None:
+def test_a_lucky_start_loses_the_crown_and_never_becomes_the_best() -> None:
     # first trial: the best at 5 s; the second is feasible and faster on 2 seeds, then falls short
     runs = [result(0.995, 5.0)] * 6 + [result(0.9925, 2.0)] * 2 + [result(0.9880, 2.0)] * 4
     train = scripted(*runs)
     study = make_study()
-    objective = make_objective(train, synthetic_mnist, accuracy_margin=0.002, repeats=2, crown_seeds=6)
+    objective = make_objective(train, accuracy_margin=0.002, repeats=2, crown_seeds=6)
     study.optimize(objective, n_trials=1)
     assert study.trials[0].user_attrs["stopped"].startswith("crowned")
     study.optimize(objective, n_trials=1)
@@ -327,12 +339,12 @@ def test_a_lucky_start_loses_the_crown_and_never_becomes_the_best(synthetic_mnis
     assert study.best_trial.number == 0
 
 
-def test_prepared_trials_also_see_the_best_of_this_workers_last_trial(synthetic_mnist: Mnist) -> None:
+def test_prepared_trials_also_see_the_best_of_this_workers_last_trial() -> None:
     """With --prefetch, trial 1 is prepared (its best read from the storage) before trial 0 is
     told; it is still judged against trial 0's time."""
     train = scripted(result(0.995, 2.0), result(0.995, 20.0))
     study = make_study()
-    objective = make_objective(train, synthetic_mnist, repeats=2)
+    objective = make_objective(train, repeats=2)
     first, second = study.ask(), study.ask()
     planned = objective.plan(first), objective.plan(second)  # both before any result
     assert [plan.best for plan in planned] == [None, None]
@@ -340,10 +352,10 @@ def test_prepared_trials_also_see_the_best_of_this_workers_last_trial(synthetic_
     assert objective.own_best == pytest.approx(11.0)
 
 
-def test_diverged_seed_flags_the_trial(synthetic_mnist: Mnist) -> None:
+def test_diverged_seed_flags_the_trial() -> None:
     runs = [result(0.995, 2.0), result(0.098, 0.3, diverged=True)]
     study = make_study()
-    study.optimize(make_objective(scripted(*runs), synthetic_mnist, repeats=2), n_trials=1)
+    study.optimize(make_objective(scripted(*runs), repeats=2), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["stopped"].startswith("diverged on seed")
@@ -353,10 +365,10 @@ def test_diverged_seed_flags_the_trial(synthetic_mnist: Mnist) -> None:
 
 # --- the time limit -----------------------------------------------------------------------------
 
-def test_over_time_run_is_pruned_with_its_finished_seeds_as_intermediate(synthetic_mnist: Mnist) -> None:
+def test_over_time_run_is_pruned_with_its_finished_seeds_as_intermediate() -> None:
     train = scripted(result(0.995, 1.0), result(0.995, 13.0, over_time=True), result(0.995, 1.0))
     study = make_study()
-    study.optimize(make_objective(train, synthetic_mnist, repeats=3, time_limit=12.0), n_trials=1)
+    study.optimize(make_objective(train, repeats=3, time_limit=12.0), n_trials=1)
     trial = study.trials[0]
     assert len(train.calls) == 2  # the third seed was never trained
     assert trial.state == TrialState.PRUNED
@@ -366,25 +378,24 @@ def test_over_time_run_is_pruned_with_its_finished_seeds_as_intermediate(synthet
         _ = study.best_trial  # a pruned trial never wins
 
 
-def test_over_time_raises_trial_pruned_when_called_directly(synthetic_mnist: Mnist) -> None:
+def test_over_time_raises_trial_pruned_when_called_directly() -> None:
     trial = make_study().ask()
-    objective = make_objective(scripted(result(0.995, 130.0, over_time=True)), synthetic_mnist)
+    objective = make_objective(scripted(result(0.995, 130.0, over_time=True)))
     with pytest.raises(optuna.TrialPruned, match=r"time limit: passed 120\.000 s"):
         objective(trial)
 
 
-def test_diverged_and_over_time_is_completed_not_pruned(synthetic_mnist: Mnist) -> None:
+def test_diverged_and_over_time_is_completed_not_pruned() -> None:
     study = make_study()
-    study.optimize(make_objective(scripted(result(0.1, 200.0, diverged=True, over_time=True)),
-                                  synthetic_mnist), n_trials=1)
+    study.optimize(make_objective(scripted(result(0.1, 200.0, diverged=True, over_time=True))), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["stopped"].startswith("diverged")
 
 
-def test_the_seed_recipe_sets_the_time_limit(synthetic_mnist: Mnist) -> None:
+def test_the_seed_recipe_sets_the_time_limit() -> None:
     train = FakeTrain(lambda config, call: result(0.995, 4.0, config.seed))
-    objective = make_objective(train, synthetic_mnist, time_limit=100.0, limit_vs_baseline=3.0)
+    objective = make_objective(train, time_limit=100.0, limit_vs_baseline=3.0)
     assert objective.time_limit() == 100.0  # nothing measured yet
     assert objective.measure_baseline() == 4.0
     assert train.calls[0][0] == BASE  # the base config itself: the seed recipe
@@ -395,10 +406,10 @@ def test_the_seed_recipe_sets_the_time_limit(synthetic_mnist: Mnist) -> None:
     assert study.trials[0].user_attrs["vs_baseline"] == pytest.approx(1.0)
 
 
-def test_the_seed_recipe_is_the_time_to_beat_before_any_feasible_trial(synthetic_mnist: Mnist) -> None:
+def test_the_seed_recipe_is_the_time_to_beat_before_any_feasible_trial() -> None:
     # the recipe takes 4 s here: a feasible 5 s trial is clearly slower, not crowned
     train = scripted(result(0.99, 4.0), result(0.995, 5.0), result(0.995, 3.0), result(0.995, 3.0))
-    objective = make_objective(train, synthetic_mnist, repeats=2, crown_seeds=3)
+    objective = make_objective(train, repeats=2, crown_seeds=3)
     objective.measure_baseline()
     study = make_study()
     study.optimize(objective, n_trials=1)
@@ -407,10 +418,10 @@ def test_the_seed_recipe_is_the_time_to_beat_before_any_feasible_trial(synthetic
     assert study.trials[0].user_attrs["vs_baseline"] == pytest.approx(1.25)
 
 
-def test_feasible_means_dominating_the_seed_recipe(synthetic_mnist: Mnist) -> None:
+def test_feasible_means_dominating_the_seed_recipe() -> None:
     # recipe 4 s; the trials: accurate and faster, accurate and slower, fast and short of the bar
     train = scripted(result(0.99, 4.0), result(0.995, 3.0), result(0.995, 4.2), result(0.985, 2.0))
-    objective = make_objective(train, synthetic_mnist)
+    objective = make_objective(train)
     objective.measure_baseline()
     study = make_study()
     study.optimize(objective, n_trials=3)
@@ -422,9 +433,9 @@ def test_feasible_means_dominating_the_seed_recipe(synthetic_mnist: Mnist) -> No
     assert study.best_trial.user_attrs["vs_baseline"] == pytest.approx(0.75)
 
 
-def test_the_yardstick_is_timed_again_once_it_is_stale(synthetic_mnist: Mnist) -> None:
+def test_the_yardstick_is_timed_again_once_it_is_stale() -> None:
     train = FakeTrain(lambda config, call: result(0.995, 4.0 if call == 0 else 2.0, config.seed))
-    objective = make_objective(train, synthetic_mnist)
+    objective = make_objective(train)
     objective.measure_baseline()
     study = make_study()
     study.optimize(objective, n_trials=1)
@@ -437,8 +448,8 @@ def test_the_yardstick_is_timed_again_once_it_is_stale(synthetic_mnist: Mnist) -
     assert attrs["vs_baseline"] == pytest.approx(attrs["seconds"] / 2.0)
 
 
-def test_the_spec_limit_caps_the_baseline_limit(synthetic_mnist: Mnist) -> None:
-    objective = make_objective(scripted(result(0.995, 50.0)), synthetic_mnist, time_limit=60.0)
+def test_the_spec_limit_caps_the_baseline_limit() -> None:
+    objective = make_objective(scripted(result(0.995, 50.0)), time_limit=60.0)
     objective.measure_baseline()
     assert objective.time_limit() == 60.0
 
@@ -449,7 +460,8 @@ def test_real_training_through_study_optimize(synthetic_mnist: Mnist) -> None:
     space = {"lr": FloatDistribution(0.005, 0.02, log=True), "conv1_kernel": IntDistribution(3, 5)}
     settings = ObjectiveSettings(accuracy_target=0.99, time_limit=120.0)
     study = make_study()
-    study.optimize(Objective(space, BASE, settings, synthetic_mnist), n_trials=2)
+    study.optimize(Objective(space, BASE, settings, lambda config, limit: train_once(config, synthetic_mnist,
+                                                                                     limit)), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     for trial in study.trials:
         attrs = trial.user_attrs

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from objective.result import RunResult
 from objective.seeds import SeedRules, is_contender, mean_accuracy, median_seconds, stop_reason
-from objective.trainer import RunResult
 
 RULES = SeedRules(bar=0.9915, repeats=3, crown_seeds=10, accuracy_sd=0.0007, slower_margin=0.1)
 

@@ -10,8 +10,8 @@ import torch
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.errors import UserError
+from objective.result import RunResult
 from objective.trainer import (
-    RunResult,
     bf16_enabled,
     fingerprint,
     resolve_device,

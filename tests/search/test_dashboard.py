@@ -23,13 +23,12 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 
 from objective.config import TrainConfig
-from objective.data import Mnist
 from objective.objective import METRIC_NAME, Objective
-from objective.trainer import RunResult
+from objective.result import RunResult
 from search import export
+from search.optuna_internals import set_constraints
 from studies.note import study_note
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
@@ -136,14 +135,6 @@ def assert_trials_match_storage(shown: list[dict[str, Any]], stored: list[optuna
 # -- a study written by the project's Objective on tiny synthetic data --------------------------
 
 
-def synthetic_mnist(n_train: int = 256, n_test: int = 200) -> Mnist:
-    generator = torch.Generator().manual_seed(0)
-    return Mnist(torch.randn(n_train, 1, 28, 28, generator=generator),
-                 torch.randint(0, 10, (n_train,), generator=generator),
-                 torch.randn(n_test, 1, 28, 28, generator=generator),
-                 torch.randint(0, 10, (n_test,), generator=generator))
-
-
 def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = load_spec(SMOKE_SPEC)
@@ -154,12 +145,12 @@ def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
     # an infeasible trial that ran faster, and a feasible one slower than the recipe.
     runs = iter([(0.92, 1.0), (0.95, 0.5), (0.85, 0.2), (0.95, 1.2)])
 
-    def train(config: TrainConfig, data: Mnist, time_limit: float) -> RunResult:
+    def train(config: TrainConfig, time_limit: float) -> RunResult:
         accuracy, seconds = next(runs)
         return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds, train_seconds=seconds,
                          steps=1, diverged=False, over_time=False, fingerprint={"device": "test cpu"})
 
-    objective = Objective(spec.space, spec.base, spec.objective, synthetic_mnist(), train=train)
+    objective = Objective(spec.space, spec.base, spec.objective, train, set_constraints=set_constraints)
     objective.measure_baseline()
     study.optimize(objective, n_trials=3)
     stored = study.get_trials()

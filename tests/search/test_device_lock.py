@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import search.placement
+from objective.errors import UserError
 from search.device_lock import (
     DeviceBusy,
     WaitAbandoned,
@@ -165,15 +165,31 @@ def test_auto_takes_the_first_gpu_nobody_holds_and_the_one_beyond_the_last_waits
     assert claim_first_free(GPUS, LABELS).index == 1
 
 
-def test_auto_spreads_workers_over_the_gpus_torch_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    """place('auto') on a made-up host with two GPUs: each claim takes the next GPU, the third waits."""
-    monkeypatch.setattr(search.placement.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(search.placement.torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(search.placement, "gpu_key", lambda device: f"cuda-fake-{device.index}")
-    placed = [place("auto", threads=None) for _ in range(2)]
-    assert [str(device) for device, _ in placed] == ["cuda:0", "cuda:1"]
+class TwoGpus:
+    """What place() asks of a training process, on a made-up host with two GPUs."""
+
+    def __init__(self) -> None:
+        self.device = ""
+
+    def gpus(self) -> list[tuple[str, str]]:
+        return [("cuda-fake-0", "Fake GPU"), ("cuda-fake-1", "Fake GPU")]
+
+    def load(self, device: str, threads: int | None, cores: tuple[int, ...], data_dir: str | None) -> str:
+        self.device = device
+        return device
+
+
+def test_auto_spreads_workers_over_the_gpus_the_training_process_lists() -> None:
+    """place('auto') with two GPUs: each claim takes the next GPU, the third waits."""
+    trainers = [TwoGpus() for _ in range(3)]
+    claims = [place("auto", None, trainer, None) for trainer in trainers[:2]]  # type: ignore[arg-type]
+    assert [trainer.device for trainer in trainers[:2]] == ["cuda:0", "cuda:1"]
     with pytest.raises(WaitAbandoned, match="every GPU is in use"):
-        place("auto", threads=None, keep_waiting=lambda: False)
+        place("auto", None, trainers[2], None, keep_waiting=lambda: False)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="does not exist: this machine has 2 GPU"):
+        place("cuda:2", None, trainers[2], None)  # type: ignore[arg-type]
+    for claim in claims:
+        claim.release()
 
 
 CORES = [900, 901, 903]  # made-up core numbers: the lease never touches this host's real cores' files

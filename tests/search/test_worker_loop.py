@@ -15,12 +15,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from objective.trainer_process import TrainingFailed
 from search import loop
 from search.device_lock import Claim
+from search.devices import Device
 from search.heartbeat import Heartbeat
 from search.loop import MAX_FAILURES_IN_A_ROW
 from search.retry import Retry, RetryingStorage
@@ -60,9 +61,10 @@ def run_trial(study: optuna.Study, objective: StandIn, attrs: dict[str, object])
 
 def worker_for(study: optuna.Study, spec: StudySpec, objective: StandIn, prefetch: bool,
                deadline: float | None = None) -> Worker:
-    # An empty claim: these workers train nothing, and search() releases it at the end.
-    claim = Claim("nothing", shared=True, handles=[])
-    return Worker(spec, study, study._storage, objective, claim, {"worker": {"pid": 1}},  # type: ignore[arg-type]
+    # A device that holds nothing: these workers train nothing, and search() closes it at the end.
+    device = Device(run=lambda config, limit: None, claim=Claim("nothing", shared=True, handles=[]),  # type: ignore[arg-type,return-value]
+                    name="nothing", fingerprint={}, simulated=True)
+    return Worker(spec, study, study._storage, objective, device, {"worker": {"pid": 1}},  # type: ignore[arg-type]
                   prefetch=prefetch, grace_period=20, deadline=deadline)
 
 
@@ -83,7 +85,7 @@ def raising(error: BaseException) -> Objective:
 
 @pytest.mark.parametrize(("error", "reason"), [
     (ValueError("a bug in the objective"), "ValueError: a bug in the objective"),
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail"),
+    (TrainingFailed("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail"),
      "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
      "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),

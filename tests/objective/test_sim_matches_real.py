@@ -1,0 +1,52 @@
+"""The simulated `cpu` profile against a real run of the seed recipe on this machine: the time
+within 15 % and the mean accuracy within 0.05 points (objective/sim/ says how it was fitted).
+
+The profile models the CPU it was fitted on (model.json's `fitted_on`), with all its cores; on
+another CPU the test says so and skips. The real runs take every core exclusively (the core lease
+of search/device_lock.py), so no test worker started meanwhile trains beside them; a test running
+in-process beside it still can, so a time that disagrees is measured once more before it fails."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from objective.config import TrainConfig
+from objective.sim.device import MODEL_FILE, load_accuracy_model, load_profile
+from objective.trainer_process import TrainingProcess
+from search.device_lock import claim_cores
+
+SEEDS = range(5)
+
+
+@pytest.mark.slow
+def test_the_cpu_profile_agrees_with_a_real_run_here(mnist_root: Path) -> None:
+    fitted = json.loads(MODEL_FILE.read_text())["fitted_on"]
+    trainer = TrainingProcess()
+    try:
+        claim = claim_cores(None)
+        try:
+            trainer.load("cpu", fitted["threads"], claim.cores, str(mnist_root))
+            if (
+                trainer.fingerprint["device"] != fitted["cpu"]
+                or trainer.fingerprint["cores"] < fitted["threads"]
+            ):
+                pytest.skip(
+                    f"the cpu profile models {fitted['cpu']} with {fitted['threads']} threads; "
+                    f"this is {trainer.fingerprint['device']} with {trainer.fingerprint['cores']} cores"
+                )
+            runs = [trainer.run(TrainConfig(seed=seed), 120.0) for seed in SEEDS]
+            simulated_seconds = load_profile("cpu").true_seconds(TrainConfig())
+            if abs(statistics.median(run.seconds for run in runs) / simulated_seconds - 1) > 0.15:
+                runs = [trainer.run(TrainConfig(seed=seed), 120.0) for seed in SEEDS]
+        finally:
+            claim.release()
+    finally:
+        trainer.close()
+    real_accuracy = statistics.fmean(run.accuracy for run in runs)  # the same on both rounds
+    simulated_accuracy = load_accuracy_model().true_accuracy(TrainConfig())
+    assert simulated_seconds == pytest.approx(statistics.median(run.seconds for run in runs), rel=0.15)
+    assert 100 * abs(simulated_accuracy - real_accuracy) <= 0.05

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # studies/ is left out so that SQLite's BEGIN IMMEDIATE (studies/storage.py) counts for its caller,
 # and so is the retrying storage, so that a call counts for whoever called the storage.
 PRODUCT = tuple(str(ROOT / package) for package in ("search", "objective"))
-PASS_THROUGH = tuple(str(ROOT / "search" / name) for name in ("retry.py", "optuna_internals.py"))
+PASS_THROUGH = (str(ROOT / "search" / "retry.py"), str(ROOT / "studies" / "optuna_internals.py"))
 WARM_UP = 20
 
 

@@ -22,9 +22,9 @@ from objective.trainer_process import TrainingProcess
 from search import worker as search_worker
 from search.device_lock import Claim
 from search.devices import Device
-from search.optuna_internals import set_constraints
 from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop
+from studies.optuna_internals import set_constraints
 from studies.spec import load_spec
 from studies.storage import GRACE_PERIOD, create_or_load, open_storage
 

@@ -165,7 +165,7 @@ SetConstraints = Callable[[optuna.Trial, Mapping[str, float]], None]
 
 
 def set_each_constraint(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
-    """Optuna's public way; the worker passes a faster one (search/optuna_internals.py)."""
+    """Optuna's public way; the worker passes a faster one (studies/optuna_internals.py)."""
     for name, value in constraints.items():
         trial.set_constraint(name, value)
 

@@ -18,9 +18,9 @@ import threading
 import optuna
 from optuna.storages import BaseStorage
 
-from search.optuna_internals import has_heartbeats, trial_id
 from search.retry import storage_failure
 from search.stale import fail_stale_trials, requeue_orphans
+from studies.optuna_internals import has_heartbeats, trial_id
 
 log = logging.getLogger("search")
 

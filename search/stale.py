@@ -25,7 +25,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from search.optuna_internals import HeartbeatInterface
+from studies.optuna_internals import HeartbeatInterface
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

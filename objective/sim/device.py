@@ -7,8 +7,9 @@
 - `f` is a robust ridge regression of log(1 - accuracy) on features of the config (`features`),
   fitted by objective/sim/fit.py to real runs measured on this project's CPU
   (objective/sim/runs_cpu.csv); `spread` is the per-seed spread measured there. Without BatchNorm
-  and past a learning rate, a run may collapse to one class, as some of those runs did. Accuracy does not depend on the device: the
-  same config and seed give the same accuracy on every profile, and a fresh seed a fresh draw.
+  and past a learning rate, a run may collapse to one class, as some of those runs did. Accuracy
+  does not depend on the device: the same config and seed give the same accuracy on every
+  profile, and a fresh seed a fresh draw.
 - The cost terms: a training step's Python and kernel launches (`per_step`), BatchNorm's extra ones,
   the multiply-adds of training (3x the forward pass) and of scoring the 10,000 test images, and
   the elements every step writes (pools, activations: memory traffic). The `cpu` profile's figures

@@ -110,7 +110,8 @@ def fit_accuracy(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     recipe = np.array([r["kind"] == "recipe" for r in usable])
     report = {"runs": len(usable), "configs": len(keys), "collapsed": len(collapsed),
               "exposed_to_collapse": len(exposed), "alpha": alpha,
-              "cv_rmse_log_error_near_bar": cv[alpha], "fit_rmse_log_error": float(np.sqrt(np.mean(residual**2))),
+              "cv_rmse_log_error_near_bar": cv[alpha],
+              "fit_rmse_log_error": float(np.sqrt(np.mean(residual**2))),
               "recipe_bias_log_error": float(np.mean(residual[recipe])),
               "per_seed_sigma_log_error": spread,
               "configs_on_several_seeds": sum(len(v) > 1 for v in by_config.values()),
@@ -179,13 +180,13 @@ def fit_noise(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, A
     recipe = [(r["started_at"], math.log(r["seconds"])) for r in runs if r["kind"] == "recipe"]
     logs = [value for _, value in recipe]
     centred = [value - statistics.fmean(logs) for value in logs]
-    cov = [sum(a * b for a, b in zip(centred, centred[k:], strict=False)) / len(centred) for k in range(LAGS + 1)]
+    cov = [sum(a * b for a, b in zip(centred, centred[k:], strict=False)) / len(centred)
+           for k in range(LAGS + 1)]
     gap = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(recipe)) / 60
     best: tuple[float, float, float] | None = None
     for tau in np.geomspace(0.1, 60.0, 200):
         decay = np.exp(-np.arange(1, LAGS + 1) * gap / tau)
         drift2 = max(0.0, float(decay @ np.array(cov[1:]) / (decay @ decay)))
-        spread2 = max(0.0, cov[0] - drift2)
         residual = float(np.sum((np.array(cov[1:]) - drift2 * decay) ** 2))
         if best is None or residual < best[0]:
             best = (residual, tau, drift2)
@@ -196,11 +197,13 @@ def fit_noise(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, A
     excess = [value - median for value, median in zip(logs, neighbours, strict=True)]
     spikes = [math.exp(e) - 1 for e in excess if e > SPIKE_SIGMAS * spread]
     noise = {"spread": spread, "drift": math.sqrt(drift2), "drift_minutes": float(tau),
-             "spike_rate": len(spikes) / len(logs), "spike_size": statistics.median(spikes) if spikes else 0.0}
-    report = {"recipe_runs": len(logs), "recipe_cv": math.sqrt(cov[0]), "autocovariance": [round(c, 5) for c in cov],
-              "gap_minutes": gap, "spikes": len(spikes),
+             "spike_rate": len(spikes) / len(logs),
+             "spike_size": statistics.median(spikes) if spikes else 0.0}
+    report = {"recipe_runs": len(logs), "recipe_cv": math.sqrt(cov[0]),
+              "autocovariance": [round(c, 5) for c in cov], "gap_minutes": gap, "spikes": len(spikes),
               "session_minutes": (recipe[-1][0] - recipe[0][0]) / 60,
-              "recipe_seconds_min_median_max": [round(math.exp(f(logs)), 3) for f in (min, statistics.median, max)]}
+              "recipe_seconds_min_median_max": [round(math.exp(f(logs)), 3)
+                                                for f in (min, statistics.median, max)]}
     return noise, report
 
 

@@ -21,7 +21,7 @@ from objective.objective import (
 )
 from objective.result import RunResult
 from objective.trainer import train_once
-from search.optuna_internals import set_constraints
+from studies.optuna_internals import set_constraints
 
 FINGERPRINT: dict[str, str | int] = {"device": "fake cpu", "device_type": "cpu", "torch": "x", "threads": 2}
 SPACE = {
@@ -234,7 +234,8 @@ def test_trial_constraints_are_visible_on_the_live_trial() -> None:
     assert trial.constraints["accuracy_points_short"] == pytest.approx(0.5)
     study.tell(trial, value)
     # A plain objective writes Optuna 5's named constraints through its public API ...
-    assert study.trials[0].constraints == {"accuracy_points_short": pytest.approx(0.5), "slower_than_recipe": 0.0}
+    assert study.trials[0].constraints == {"accuracy_points_short": pytest.approx(0.5),
+                                           "slower_than_recipe": 0.0}
 
 
 def test_the_workers_constraints_are_also_the_list_the_dashboard_reads() -> None:

@@ -46,6 +46,9 @@ def test_the_cpu_profile_agrees_with_a_real_run_here(mnist_root: Path) -> None:
             claim.release()
     finally:
         trainer.close()
+    if bool(runs[0].fingerprint.get("bf16_autocast")) != fitted["bf16"]:
+        pytest.skip(f"the cpu profile was fitted with bf16 autocast {'on' if fitted['bf16'] else 'off'}; "
+                    "this CPU resolves it the other way")
     real_accuracy = statistics.fmean(run.accuracy for run in runs)  # the same on both rounds
     simulated_accuracy = load_accuracy_model().true_accuracy(TrainConfig())
     assert simulated_seconds == pytest.approx(statistics.median(run.seconds for run in runs), rel=0.15)

@@ -28,8 +28,8 @@ from objective.config import TrainConfig
 from objective.objective import METRIC_NAME, Objective
 from objective.result import RunResult
 from search import export
-from search.optuna_internals import set_constraints
 from studies.note import study_note
+from studies.optuna_internals import set_constraints
 from studies.spec import load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import FAST, QUICK, Spawn, account, spec_file

@@ -24,6 +24,7 @@ def spec_file(folder: Path, minutes: float, history: int = 100) -> Path:
         .replace("minutes = 14 ", f"minutes = {minutes:g} ")
         .replace("n_trials = 1000", "n_trials = 100000")
     )
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("history"))
     text = text.replace('name = "tpe"', f'name = "tpe"\nhistory = {history}', 1)
     path = folder / "spec.toml"
     path.write_text(text)

@@ -1,6 +1,6 @@
 """Every use of an Optuna name that is not public API, each with the reason nothing public does.
 
-Optuna is pinned below 6 (pyproject.toml); tests/search/test_optuna_internals.py exercises each
+Optuna is pinned below 6 (pyproject.toml); tests/studies/test_optuna_internals.py exercises each
 name here, so a release that moves one fails a test instead of a search.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.storages import RDBStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial
 
 # The logger of RDBStorage, which logs a warning for each database error before raising it;
 # search/retry.py reports each such error once, with its retry, so the worker quiets this one.
@@ -45,6 +46,11 @@ def cached(backend: RDBStorage) -> _CachedStorage:
 
 def trial_id(trial: optuna.Trial) -> int:
     """The trial's storage id. Heartbeats are recorded by id, and a Trial exposes only its number."""
+    return trial._trial_id
+
+
+def frozen_trial_id(trial: FrozenTrial) -> int:
+    """A stored trial's id, for the journal's heartbeat table: a FrozenTrial exposes only its number."""
     return trial._trial_id
 
 

@@ -1,4 +1,4 @@
-"""Each private Optuna name search/optuna_internals.py holds, exercised: an Optuna release that
+"""Each private Optuna name studies/optuna_internals.py holds, exercised: an Optuna release that
 moves one fails here, not in a search."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import importlib
 import optuna
 import pytest
 
-from search import optuna_internals
 from search.retry import Retry, RetryingStorage
+from studies import optuna_internals
 from studies.storage import open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

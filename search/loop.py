@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import psycopg
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -53,12 +54,13 @@ from search.clock import SYSTEM, Clock
 from search.heartbeat import Heartbeat
 from search.retry import DatabaseUnavailable
 from search.signals import GracefulStop, WorkerInterrupted
+from studies.journal import batched
 
 log = logging.getLogger("search")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts against the study's budget
 # The storage failing past its retries is not the trial's fault: it ends the worker, not the trial.
-STORAGE_FAILURES = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+STORAGE_FAILURES = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error, optuna.exceptions.StorageInternalError,
                     DatabaseUnavailable)
 # A worker whose every trial fails is burning its device on a bug: stop and say so.
 MAX_FAILURES_IN_A_ROW = 10
@@ -176,9 +178,11 @@ def begin(study: optuna.Study, objective: Objective, heartbeat: Heartbeat,
     trial = study.ask()
     heartbeat.add(trial)
     try:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return Begun(trial, objective.plan(trial))
+        with batched(trial.storage):  # one append on a journal: the attributes and parameters
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            planned = objective.plan(trial)
+        return Begun(trial, planned)
     except (*STORAGE_FAILURES, UpdateFinishedTrialError):
         raise
     except Exception as error:  # a bug in the space or the objective: this trial fails, not the worker
@@ -212,7 +216,8 @@ def end(study: optuna.Study, objective: Objective, begun: Begun, ending: Ending,
         state = TrialState.PRUNED
     elif ending.trained is not None:
         try:
-            value, state = objective.record(trial, ending.trained), TrialState.COMPLETE
+            with batched(trial.storage):  # one append on a journal: the result's attributes
+                value, state = objective.record(trial, ending.trained), TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except UpdateFinishedTrialError:  # another worker ended it: `tell` finds so and drops it

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
+import psycopg
 import sqlalchemy
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
@@ -44,15 +45,16 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.errors import first_line
-from search.optuna_internals import HeartbeatInterface, cached, stale_trial_ids
+from studies.optuna_internals import HeartbeatInterface, cached, stale_trial_ids
 
 log = logging.getLogger("search")
 
 DEFAULT_PATIENCE = 120.0  # seconds one storage call may keep failing before the worker gives up
 FIRST_DELAY = 1.0
 MAX_DELAY = 16.0
+# The journal (studies/journal.py) talks to PostgreSQL through psycopg directly.
 TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-             sqlalchemy.exc.DisconnectionError)
+             sqlalchemy.exc.DisconnectionError, psycopg.OperationalError, psycopg.InterfaceError)
 
 T = TypeVar("T")
 
@@ -95,6 +97,8 @@ def storage_failure(error: BaseException) -> str:
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
             return first_line(seen.orig)
+        if isinstance(seen, psycopg.Error):
+            return first_line(seen)
         if below_wrapper is None and not isinstance(seen, optuna.exceptions.StorageInternalError):
             below_wrapper = seen
         seen = seen.__cause__
@@ -146,22 +150,21 @@ class Retry:
                 self.sleep(delay)
 
 
-class RetryingStorage(BaseStorage, HeartbeatInterface):
-    """`backend` behind Optuna's read cache, each call retried by `retry`. Pass it where a storage
-    goes (`create_study(storage=...)`); Optuna uses it as it would the RDBStorage."""
+class RetryScope:
+    """`retry` for the thread that made it and the threads it adopts (--prefetch's); any other
+    thread's calls (the heartbeat's) fail at once. A call inside a retried call is part of that
+    attempt, never retried on its own."""
 
-    def __init__(self, backend: RDBStorage, retry: Retry) -> None:
-        self.backend = backend
-        self.inner = cached(backend)
+    def __init__(self, retry: Retry) -> None:
         self.retry = retry
         self._retrying = {threading.get_ident()}
-        self._local = threading.local()  # .depth > 0 inside a retried call: its calls are that attempt
+        self._local = threading.local()  # .depth > 0 inside a retried call
 
     def adopt_thread(self) -> None:
         """Retry the calls of the calling thread too."""
         self._retrying.add(threading.get_ident())
 
-    def _retried(self, what: str, function: Callable[[], T]) -> T:
+    def call(self, what: str, function: Callable[[], T]) -> T:
         depth = getattr(self._local, "depth", 0)
         if depth or threading.get_ident() not in self._retrying:
             return function()
@@ -170,6 +173,22 @@ class RetryingStorage(BaseStorage, HeartbeatInterface):
             return self.retry.call(what, function)
         finally:
             self._local.depth = depth
+
+
+class RetryingStorage(BaseStorage, HeartbeatInterface):
+    """`backend` behind Optuna's read cache, each call retried by `retry`. Pass it where a storage
+    goes (`create_study(storage=...)`); Optuna uses it as it would the RDBStorage."""
+
+    def __init__(self, backend: RDBStorage, retry: Retry) -> None:
+        self.backend = backend
+        self.inner = cached(backend)
+        self.scope = RetryScope(retry)
+
+    def adopt_thread(self) -> None:
+        self.scope.adopt_thread()
+
+    def _retried(self, what: str, function: Callable[[], T]) -> T:
+        return self.scope.call(what, function)
 
     # -- studies ---------------------------------------------------------------------------------
 

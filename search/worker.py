@@ -60,19 +60,28 @@ from search.devices import Device, open_real, open_simulated
 from search.fleet import run_on_virtual_clock
 from search.heartbeat import Heartbeat
 from search.loop import STORAGE_FAILURES, Stops, run_trials
-from search.optuna_internals import RDB_STORAGE_LOGGER, set_constraints
 from search.placement import check_device_name
 from search.prefetch import run_trials_prefetching
 from search.progress import ProgressBar, Summary, best_trial, setup_logging, trial_line
-from search.retry import DEFAULT_PATIENCE, DatabaseUnavailable, Retry, RetryingStorage, storage_failure
+from search.retry import (
+    DEFAULT_PATIENCE,
+    DatabaseUnavailable,
+    Retry,
+    RetryingStorage,
+    RetryScope,
+    storage_failure,
+)
 from search.signals import GracefulStop, WorkerInterrupted
 from studies.note import study_note
+from studies.optuna_internals import RDB_STORAGE_LOGGER, set_constraints
 from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
 from studies.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
+    JOURNAL,
     create_or_load,
     mask,
+    open_journal,
     open_storage,
     parse_url,
     resolve_url,
@@ -182,8 +191,14 @@ class Worker:
 
     def adopt_thread(self) -> None:
         """Let a thread of --prefetch's have its storage calls retried too."""
-        if isinstance(self.storage, RetryingStorage):
-            self.storage.adopt_thread()
+        adopt_thread(self.storage)
+
+
+def adopt_thread(storage: BaseStorage) -> None:
+    """Retry the calling thread's calls on `storage`, where it retries at all."""
+    adopt = getattr(storage, "adopt_thread", None)
+    if callable(adopt):
+        adopt()
 
 
 def default_spec() -> str:
@@ -219,12 +234,17 @@ def check_args(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
     return spec, name, url
 
 
-def open_study_storage(url: str, args: argparse.Namespace) -> RetryingStorage:
+def open_study_storage(url: str, args: argparse.Namespace) -> BaseStorage:
+    """The study's storage, its calls retried for --db-patience: Optuna's RDBStorage behind the
+    retrying storage, or the journal (studies/journal.py), which retries its own appends."""
     # Heartbeats are wall-clock seconds: in virtual time every trial would look dead or alive forever.
-    return RetryingStorage(open_storage(url, heartbeat=not args.fast_forward,
-                                        heartbeat_interval=args.heartbeat_interval,
-                                        grace_period=args.grace_period),
-                           Retry(patience=args.db_patience))
+    heartbeat, retry = not args.fast_forward, Retry(patience=args.db_patience)
+    if parse_url(url).drivername == JOURNAL:
+        scope = RetryScope(retry)
+        return open_journal(url, heartbeat, args.heartbeat_interval, args.grace_period, retry=scope.call,
+                            adopt_thread=scope.adopt_thread)
+    return RetryingStorage(open_storage(url, heartbeat=heartbeat, heartbeat_interval=args.heartbeat_interval,
+                                        grace_period=args.grace_period), retry)
 
 
 def open_device(args: argparse.Namespace, stop: GracefulStop, clock: Clock, index: int) -> Device:
@@ -383,7 +403,7 @@ def fast_forward(args: argparse.Namespace, stop: GracefulStop) -> int:
     clock = VirtualClock()
 
     def one(index: int) -> int:
-        storage.adopt_thread()
+        adopt_thread(storage)
         return search(open_worker(args, stop, clock, storage, index), args, stop)
 
     return run_on_virtual_clock(args.workers, clock, one)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import optuna
+import psycopg
 import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna_dashboard import save_note
@@ -33,18 +35,28 @@ from sqlalchemy.engine import URL, make_url
 
 from objective.errors import UserError, first_line
 from objective.objective import METRIC_NAME
+from studies.journal import JournalStudyStorage, PostgresJournal, Retry, once
 from studies.spec import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+JOURNAL = "postgresql+journal"  # Optuna's JournalStorage, its log in PostgreSQL (studies/journal.py)
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as dead
 MAX_RETRY = 2  # re-runs of a trial whose worker died; a failing config is not retried forever
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
+READY_PATIENCE = 30  # seconds a joining worker waits for the study's creator to finish writing it
 # PyMySQL's connect_timeout covers only the TCP connect; without a read timeout a host that accepts
 # but never answers hangs the handshake forever. Longer than InnoDB's default 50 s lock wait, so a
 # query that waits on a lock gets the server's own answer first.
 MYSQL_READ_TIMEOUT = 60
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
+# A connection whose packets vanish (the network cut, not refused) raises nothing: libpq waits
+# while TCP retransmits (~15 min), so --db-patience never starts. The kernel drops it instead: data
+# unacknowledged for 10 s (tcp_user_timeout, ms), or a server silent to probes from 5 s on, every
+# 2 s. A live server's kernel acks and answers probes even during a slow query.
+# tests/search/test_partition.py cuts one.
+LIBPQ_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                    "tcp_user_timeout": CONNECT_TIMEOUT * 1000}
 
 
 class StorageError(UserError):
@@ -81,11 +93,13 @@ def parse_url(url: str) -> URL:
             f"storage URL {mask(url)!r} is not a database URL "
             "(expected e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db)"
         ) from None
+    if parsed.drivername == JOURNAL:
+        return parsed
     try:
         parsed.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
         raise StorageError(f"storage URL {mask(url)!r} names an unknown database {parsed.drivername!r}; "
-                           "use sqlite, postgresql+psycopg or mysql+pymysql") from None
+                           "use sqlite, postgresql+psycopg, {JOURNAL} or mysql+pymysql") from None
     return parsed
 
 
@@ -96,13 +110,7 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     if url.get_backend_name() == "postgresql":
-        # A connection whose packets vanish (the network cut, not refused) raises nothing: libpq
-        # waits while TCP retransmits (~15 min), so --db-patience never starts. The kernel drops it
-        # instead: data unacknowledged for 10 s (tcp_user_timeout, ms), or a server silent to probes
-        # from 5 s on, every 2 s. A live server's kernel acks and answers probes even during a slow
-        # query. tests/search/test_partition.py cuts one.
-        kwargs["connect_args"].update(keepalives=1, keepalives_idle=5, keepalives_interval=2,
-                                      keepalives_count=3, tcp_user_timeout=CONNECT_TIMEOUT * 1000)
+        kwargs["connect_args"].update(LIBPQ_KEEPALIVES)
     if url.get_backend_name() == "mysql":
         kwargs["pool_recycle"] = 3600  # MySQL closes idle connections after wait_timeout
         kwargs["connect_args"].update(read_timeout=MYSQL_READ_TIMEOUT, write_timeout=MYSQL_READ_TIMEOUT)
@@ -125,6 +133,25 @@ def _sync_at_checkpoints(dbapi_connection: sqlite3.Connection, _: object) -> Non
     # killed worker loses nothing (the WAL is in the OS's cache), and a power cut can lose only
     # the last commits, never corrupt the file. A trial makes some 40 commits.
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def open_journal(url: str, heartbeat: bool = True, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD, retry: Retry[Any] = once,
+                 adopt_thread: Callable[[], None] = lambda: None, create: bool = True) -> JournalStudyStorage:
+    """The journal storage at a `postgresql+journal://` URL (studies/journal.py); `retry` retries its
+    calls while the server is away (the worker's --db-patience)."""
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        journal = PostgresJournal(conninfo, retry,
+                                  {"connect_timeout": CONNECT_TIMEOUT, **LIBPQ_KEEPALIVES}, create=create)
+        if not create and not journal.exists():
+            raise StorageError(f"{mask(url)} holds no Optuna journal (no optuna_journal table); "
+                               "check --storage or $OPTUNA_STORAGE")
+    except psycopg.OperationalError as error:
+        raise StorageError(f"cannot connect to {mask(url)}: {first_line(error)}") from None
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None
+    return JournalStudyStorage(journal, heartbeat_interval if heartbeat else None,
+                               grace_period if heartbeat else None, callback, adopt_thread)
 
 
 def open_storage(url: str, heartbeat: bool = True, attempts: int = 3,
@@ -189,19 +216,34 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                     direction=spec.direction)
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(storage=storage, study_name=name, sampler=sampler), False
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+        wait_until_ready(study)
+        return study, False
     study.set_metric_names([METRIC_NAME])
     study.set_user_attr("spec", spec.source)
     study.set_user_attr("base_config", spec.base.to_dict())
     study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
-    study.set_user_attr("created_at", time.time() if now is None else now)  # [study] minutes count from here
     if note is not None:
         save_note(study, note)
     baseline, *starts = spec.start_params()
     study.enqueue_trial(baseline, user_attrs={"baseline": True})
     for index, params in enumerate(starts, 1):
         study.enqueue_trial(params, user_attrs={"start_point": index})
+    # Written last: it says the study is whole. [study] minutes count from here.
+    study.set_user_attr("created_at", time.time() if now is None else now)
     return study, True
+
+
+def wait_until_ready(study: optuna.Study, patience: float = READY_PATIENCE) -> None:
+    """Wait for a study another worker is creating to be whole (its `created_at` written last):
+    a worker joining in between would see no budget, no recipe to check and no baseline."""
+    deadline = time.monotonic() + patience
+    while "created_at" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise StorageError(f"study {study.study_name!r} is not whole after {patience:g} s (no "
+                               "created_at): its creator died while creating it, or made it without "
+                               "search.worker; pass --study NEW_NAME")
+        time.sleep(0.05)
 
 
 def load_existing(url: str, study_name: str) -> optuna.Study:
@@ -209,6 +251,8 @@ def load_existing(url: str, study_name: str) -> optuna.Study:
     missing SQLite file, a database without Optuna's tables or a missing study is an error (the
     latter naming the studies that do exist), never a new empty database, schema or study."""
     parsed = parse_url(url)
+    if parsed.drivername == JOURNAL:
+        return _load(open_journal(url, heartbeat=False, create=False), url, study_name)
     if parsed.get_backend_name() == "sqlite":  # sqlite would create a missing file on connect
         database = parsed.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):
@@ -220,6 +264,10 @@ def load_existing(url: str, study_name: str) -> optuna.Study:
         storage = open_storage(url, heartbeat=False)
     except RuntimeError as error:  # e.g. Optuna's schema-version check
         raise StorageError(f"cannot read {mask(url)}: {first_line(error)}") from None
+    return _load(storage, url, study_name)
+
+
+def _load(storage: BaseStorage, url: str, study_name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

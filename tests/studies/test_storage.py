@@ -16,6 +16,7 @@ from studies.storage import (
     mask,
     open_storage,
     resolve_url,
+    wait_until_ready,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,16 +81,26 @@ def test_create_or_load_enqueues_the_baseline_once(tmp_path: Path) -> None:
     assert study.user_attrs["base_config"]["train_subset"] == 6000
 
 
+def test_a_study_its_creator_never_finished_is_an_error_not_a_silent_join(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    half = optuna.create_study(storage=storage, study_name="smoke")  # as a creator that died early
+    with pytest.raises(StorageError, match=r"not whole after 0\.2 s"):
+        wait_until_ready(half, patience=0.2)
+
+
 def test_concurrent_creators_make_one_study_and_one_baseline(postgres_url: str) -> None:
     """Four processes start at the same moment against a fresh Postgres database."""
     script = (
         "import sys; from studies.spec import load_spec; from studies.storage import open_storage, "
         "create_or_load\n"
         "spec = load_spec(sys.argv[1]); storage = open_storage(sys.argv[2])\n"
-        "study, created = create_or_load(spec, storage, 0)\nprint(int(created))"
+        "study, created = create_or_load(spec, storage, 0)\n"
+        "print(int(created), 'created_at' in study.user_attrs, len(study.get_trials()))"
     )
-    outputs = run_together(4, script, str(SMOKE), postgres_url)
-    assert sum(int(out.strip()) for out in outputs) == 1
+    outputs = [out.split() for out in run_together(4, script, str(SMOKE), postgres_url)]
+    assert sum(int(created) for created, _, _ in outputs) == 1
+    # A joiner returns only once the study is whole: its budget's start and its baseline written.
+    assert all(whole == "True" and trials == "1" for _, whole, trials in outputs), outputs
     study = optuna.load_study(study_name="smoke", storage=postgres_url)
     assert [t.user_attrs for t in study.get_trials(deepcopy=False)] == [{"baseline": True}]
 

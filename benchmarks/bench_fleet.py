@@ -1,16 +1,20 @@
 """A fleet of simulated GPU workers on one PostgreSQL study: throughput, duty and CPU per trial.
 
     python benchmarks/bench_fleet.py [--workers 1,16] [--seconds 90] [--prefill 4000] [--profile h100]
+        [--storage journal|rdb]
 
-For each fleet size N: a fresh PostgreSQL database; the study of studies/mnist_fast.toml with its
-trial ceiling lifted, filled with --prefill finished trials copied from a simulated search (so
-the sampler and the storage meet a study of that size from the first ask); then N real
+For each fleet size N: a fresh PostgreSQL database (`--storage journal`, the default: the
+`postgresql+journal://` log of studies/journal.py; `rdb`: Optuna's RDBStorage); the study of
+studies/mnist_fast.toml with its trial ceiling lifted, filled with --prefill finished trials
+copied from a simulated search (so the sampler and the storage meet a study of that size from the
+first ask); then N real
 `python -m search.worker --simulate PROFILE --timeout SECONDS` processes with default flags
 (prefetch on: a simulated GPU), started together. Each run sleeps its simulated seconds, so the
 storage and the sampler meet the rate N such devices would give. Per worker, from its closing
 line and the study: trials, searching wall seconds, simulated seconds; from the kernel:
 its CPU, user + system, start-up included (getrusage of the reaped children). And the
-PostgreSQL server's CPU over the same span.
+PostgreSQL server's CPU over the same span (every server process sampled from /proc each 0.2 s,
+so a backend that exits between samples loses at most its last 0.2 s).
 - throughput: the sum over workers of trials / searching wall; ratio: that over N x one worker's;
 - duty: a worker's simulated seconds / its searching wall (the rest is the service's);
 - CPU per trial: the workers' CPU over their trials.
@@ -25,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from bench_service_cost import simulated_trials  # noqa: E402
 from search import worker as search_worker  # noqa: E402
 from search.retry import Retry, RetryingStorage  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
-from studies.storage import create_or_load, open_storage  # noqa: E402
+from studies.storage import create_or_load, open_journal, open_storage  # noqa: E402
 
 RAN = re.compile(r"this worker ran (\d+) trial\(s\) in ([\d.]+) s")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,9 +61,9 @@ def fleet_spec(folder: Path) -> Path:
     return path
 
 
-def postgres_cpu() -> float:
-    """CPU seconds of every PostgreSQL server process so far."""
-    total = 0
+def _server_ticks() -> dict[int, int]:
+    """CPU ticks so far of each live PostgreSQL server process, by pid."""
+    ticks = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -66,23 +71,55 @@ def postgres_cpu() -> float:
             if (entry / "comm").read_text().strip() != "postgres":
                 continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
         except OSError:
             continue
-    return total / TICKS
+    return ticks
 
 
-def run_fleet(
-    workers: int, seconds: float, profile: str, spec_path: Path, source: list[optuna.trial.FrozenTrial]
-) -> dict[str, Any]:
+class ServerCPU:
+    """The PostgreSQL server's CPU seconds from start() to stop(), backends that exit included."""
+
+    def __init__(self) -> None:
+        self._before = _server_ticks()
+        self._last: dict[int, int] = dict(self._before)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self._last.update(_server_ticks())
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        self._last.update(_server_ticks())
+        spent = sum(ticks - self._before.get(pid, 0) for pid, ticks in self._last.items())
+        return spent / TICKS
+
+
+def open_study_storage(url: str, kind: str) -> tuple[str, Any]:
+    """The worker's URL for `kind`, and a storage on it to create and fill the study."""
+    if kind == "journal":
+        url = url.replace("postgresql+psycopg://", "postgresql+journal://")
+        return url, open_journal(url, heartbeat=False)
+    return url, RetryingStorage(open_storage(url), Retry())
+
+
+def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
+              source: list[optuna.trial.FrozenTrial], kind: str) -> dict[str, Any]:
     name, url = fresh_postgres()
     try:
-        storage = RetryingStorage(open_storage(url), Retry())
+        url, storage = open_study_storage(url, kind)
         study, _ = create_or_load(load_spec(spec_path), storage, sampler_seed=0)
         study.add_trials(source)
-        storage.remove_session()
+        if kind == "journal":
+            storage.journal.close()
+        else:
+            storage.remove_session()
         prefilled = len(source)
-        server_before = postgres_cpu()
+        server = ServerCPU()
         processes = [
             subprocess.Popen(
                 [
@@ -115,9 +152,9 @@ def run_fleet(
             if found is None:
                 raise SystemExit(f"error: a worker did not finish: {stderr.strip()[-800:]}")
             rows.append({"pid": process.pid, "trials": int(found.group(1)), "wall": float(found.group(2))})
-        server = postgres_cpu() - server_before
+        server_seconds = server.stop()
         cpu = _children_cpu()
-        final = optuna.load_study(study_name=study.study_name, storage=url)
+        final = optuna.load_study(study_name=study.study_name, storage=open_study_storage(url, kind)[1])
         trials = final.get_trials(deepcopy=False)
         for row in rows:
             own = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == row["pid"]]
@@ -132,7 +169,7 @@ def run_fleet(
             "duty_min": min(row["simulated"] / row["wall"] for row in rows),
             "duty_median": statistics.median(row["simulated"] / row["wall"] for row in rows),
             "cpu_ms_per_trial": 1000 * cpu / ran,
-            "server_ms_per_trial": 1000 * server / ran,
+            "server_ms_per_trial": 1000 * server_seconds / ran,
             "states": {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
         }
     finally:
@@ -161,6 +198,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--prefill", type=int, default=4000)
     parser.add_argument("--profile", default="h100")
+    parser.add_argument("--storage", choices=("journal", "rdb"), default="journal")
     args = parser.parse_args()
     search_worker.quiet_optuna()
     source = simulated_trials(args.prefill)[: args.prefill]
@@ -170,7 +208,8 @@ def main() -> None:
         spec = load_spec(spec_path)
         print(
             f"{time.strftime('%Y-%m-%d')}, simulated {args.profile} workers, default flags, --timeout "
-            f"{args.seconds:g}, [sampler] history {spec.history}, a fresh PostgreSQL database per fleet "
+            f"{args.seconds:g}, [sampler] history {spec.history}, storage {args.storage}, a fresh PostgreSQL "
+            f"database per fleet "
             f"prefilled with {len(source)} trials\n"
         )
         print(
@@ -180,7 +219,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         single = None
         for workers in map(int, args.workers.split(",")):
-            row = run_fleet(workers, args.seconds, args.profile, spec_path, source)
+            row = run_fleet(workers, args.seconds, args.profile, spec_path, source, args.storage)
             single = single or row["throughput"] / workers
             print(
                 f"| {workers} | {row['trials']} | {row['throughput']:.2f} | "

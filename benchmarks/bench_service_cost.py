@@ -1,15 +1,16 @@
 """Where a trial's service time goes, against the study's size: the worker's own steps, one by one.
 
     python benchmarks/bench_service_cost.py [--sizes 100,1000,4000] [--trials 30]
-        [--storage postgres,memory] [--history none,200]
+        [--storage journal,postgres,memory] [--history none,200]
 
-For each storage (a fresh PostgreSQL database through the worker's retrying storage, or Optuna's
-in-memory storage), each sampler (TPE over the whole study, or over a bounded history:
-studies/sampler.py) and each size, the study of studies/mnist_fast.toml is filled up to that many
-finished trials (copied from a simulated search, so they look like a real study's: the same
-space, values, constraints and attributes), then --trials more trials run through the worker's
-own steps (search/loop.py) with a zero-second simulated run, each step timed in wall and CPU
-seconds (this process; the database server's CPU is not in it):
+For each storage (a fresh PostgreSQL database as the worker opens it: `journal`, the
+`postgresql+journal://` log of studies/journal.py, or `postgres`, Optuna's RDBStorage through the
+worker's retrying storage; or Optuna's in-memory storage), each sampler (TPE over the whole study,
+or over a bounded history: studies/sampler.py) and each size, the study of studies/mnist_fast.toml
+is filled up to that many finished trials (copied from a simulated search, so they look like a
+real study's: the same space, values, constraints and attributes), then --trials more trials run
+through the worker's own steps (search/loop.py) with a zero-second simulated run, each step timed
+in wall and CPU seconds (this process; the database server's CPU is not in it):
 - ask: `study.ask()` (a waiting trial first), the first heartbeat, the `worker` attribute;
 - sample + suggest: `objective.plan`: the sampler and the 13 suggests, the `config` attribute and
   the best value read;
@@ -44,12 +45,13 @@ from objective.result import RunResult  # noqa: E402
 from search import loop  # noqa: E402
 from search import worker as search_worker  # noqa: E402
 from search.heartbeat import Heartbeat  # noqa: E402
-from search.optuna_internals import set_constraints  # noqa: E402
 from search.progress import best_trial, trial_line  # noqa: E402
 from search.retry import Retry, RetryingStorage  # noqa: E402
 from search.signals import GracefulStop  # noqa: E402
+from studies.journal import batched  # noqa: E402
+from studies.optuna_internals import set_constraints  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
-from studies.storage import create_or_load, open_storage  # noqa: E402
+from studies.storage import create_or_load, open_journal, open_storage  # noqa: E402
 
 SPEC = ROOT / "studies" / "mnist_fast.toml"
 WARM_UP = 5
@@ -65,7 +67,7 @@ def simulated_trials(count: int) -> list[optuna.trial.FrozenTrial]:
         SPEC.read_text()
         .replace("minutes = 14 ", "minutes = 10000 ")
         .replace("n_trials = 1000", f"n_trials = {count}")
-        .replace('name = "tpe"', 'name = "tpe"\nhistory = 200', 1)
+
     )
     spec_path = Path("/tmp") / f"service-cost-{count}.toml"
     spec_path.write_text(text)
@@ -140,7 +142,7 @@ def measure(study: optuna.Study, storage: Any, trials: int) -> dict[str, tuple[f
 
     for index in range(trials + WARM_UP):
         trial = timed("ask", lambda: _ask(study, heartbeat, attrs))
-        begun = timed("sample + suggest", lambda t=trial: loop.Begun(t, objective.plan(t)))
+        begun = timed("sample + suggest", lambda t=trial: _plan(objective, t))
         ending = loop.train(objective, begun)
         assert ending.trained is not None
         value = timed("record", lambda t=trial, e=ending: objective.record(t, e.trained))
@@ -160,6 +162,11 @@ def measure(study: optuna.Study, storage: Any, trials: int) -> dict[str, tuple[f
     }
 
 
+def _plan(objective: Objective, trial: optuna.Trial) -> loop.Begun:
+    with batched(trial.storage):  # as search/loop.py's begin
+        return loop.Begun(trial, objective.plan(trial))
+
+
 def _ask(study: optuna.Study, heartbeat: Heartbeat, attrs: dict[str, Any]) -> optuna.Trial:
     trial = study.ask()
     heartbeat.add(trial)
@@ -168,13 +175,21 @@ def _ask(study: optuna.Study, heartbeat: Heartbeat, attrs: dict[str, Any]) -> op
     return trial
 
 
+def open_cost_storage(kind: str, url: str | None) -> Any:
+    if kind == "journal" and url:
+        return open_journal(url.replace("postgresql+psycopg://", "postgresql+journal://"), heartbeat=False)
+    if kind == "postgres" and url:
+        return RetryingStorage(open_storage(url), Retry())
+    return optuna.storages.InMemoryStorage()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="100,1000,4000")
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--storage", default="postgres,memory")
+    parser.add_argument("--storage", default="journal,postgres,memory")
     parser.add_argument("--history", default="none,200")
     args = parser.parse_args()
     search_worker.quiet_optuna()
@@ -188,8 +203,8 @@ def main() -> None:
     print("| storage | sampler | trials in the study | " + " | ".join(PHASES) + " | total wall | total CPU |")
     print("|---|---|---|" + "---|" * (len(PHASES) + 2))
     for kind in args.storage.split(","):
-        name, url = fresh_postgres() if kind == "postgres" else (None, None)
-        storage = RetryingStorage(open_storage(url), Retry()) if url else optuna.storages.InMemoryStorage()
+        name, url = fresh_postgres() if kind in ("journal", "postgres") else (None, None)
+        storage = open_cost_storage(kind, url)
         spec = load_spec(SPEC)
         study, _ = create_or_load(spec, storage, sampler_seed=1, study_name="cost")
         try:
@@ -211,8 +226,11 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            if name is not None:
+            if kind == "journal":
+                storage.journal.close()
+            elif kind == "postgres":
                 storage.remove_session()
+            if name is not None:
                 drop_postgres(name)
 
 

@@ -169,6 +169,7 @@ def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
             "duty_min": min(row["simulated"] / row["wall"] for row in rows),
             "duty_median": statistics.median(row["simulated"] / row["wall"] for row in rows),
             "cpu_ms_per_trial": 1000 * cpu / ran,
+            "max_rss_mb": _largest_child_mb(),
             "server_ms_per_trial": 1000 * server_seconds / ran,
             "states": {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
         }
@@ -188,6 +189,13 @@ def _children_cpu() -> float:
     total = usage.ru_utime + usage.ru_stime
     since, _seen_children_cpu = total - _seen_children_cpu, total
     return since
+
+
+def _largest_child_mb() -> float:
+    """The largest resident set of any child reaped so far, in MB (the kernel's ru_maxrss, KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -214,9 +222,9 @@ def main() -> None:
         )
         print(
             "| workers | trials | trials/s | ratio to N x one | duty (min, median) | worker CPU ms/trial "
-            "| Postgres CPU ms/trial | study at the end |"
+            "| Postgres CPU ms/trial | study at the end | largest worker RSS |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         single = None
         for workers in map(int, args.workers.split(",")):
             row = run_fleet(workers, args.seconds, args.profile, spec_path, source, args.storage)
@@ -225,7 +233,8 @@ def main() -> None:
                 f"| {workers} | {row['trials']} | {row['throughput']:.2f} | "
                 f"{row['throughput'] / (workers * single):.2f} | "
                 f"{row['duty_min']:.3f}, {row['duty_median']:.3f} | "
-                f"{row['cpu_ms_per_trial']:.1f} | {row['server_ms_per_trial']:.1f} | {row['final_size']} |",
+                f"{row['cpu_ms_per_trial']:.1f} | {row['server_ms_per_trial']:.1f} | {row['final_size']} | "
+                f"{row['max_rss_mb']:.0f} MB |",
                 flush=True,
             )
 

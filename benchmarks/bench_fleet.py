@@ -41,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_duty_cycle import drop_postgres, fresh_postgres  # noqa: E402
-from bench_service_cost import simulated_trials  # noqa: E402
+from bench_service_cost import open_bench_storage, simulated_trials  # noqa: E402
 
 from search import worker as search_worker  # noqa: E402
-from search.retry import Retry, RetryingStorage  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
-from studies.storage import create_or_load, open_journal, open_storage  # noqa: E402
+from studies.storage import create_or_load  # noqa: E402
 
 RAN = re.compile(r"this worker ran (\d+) trial\(s\) in ([\d.]+) s")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -99,19 +98,11 @@ class ServerCPU:
         return spent / TICKS
 
 
-def open_study_storage(url: str, kind: str) -> tuple[str, Any]:
-    """The worker's URL for `kind`, and a storage on it to create and fill the study."""
-    if kind == "journal":
-        url = url.replace("postgresql+psycopg://", "postgresql+journal://")
-        return url, open_journal(url, heartbeat=False)
-    return url, RetryingStorage(open_storage(url), Retry())
-
-
 def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
               source: list[optuna.trial.FrozenTrial], kind: str) -> dict[str, Any]:
     name, url = fresh_postgres()
     try:
-        url, storage = open_study_storage(url, kind)
+        url, storage = open_bench_storage("postgres" if kind == "rdb" else kind, url)
         study, _ = create_or_load(load_spec(spec_path), storage, sampler_seed=0)
         study.add_trials(source)
         if kind == "journal":
@@ -154,7 +145,7 @@ def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
             rows.append({"pid": process.pid, "trials": int(found.group(1)), "wall": float(found.group(2))})
         server_seconds = server.stop()
         cpu = _children_cpu()
-        final = optuna.load_study(study_name=study.study_name, storage=open_study_storage(url, kind)[1])
+        final = optuna.load_study(study_name=study.study_name, storage=storage)
         trials = final.get_trials(deepcopy=False)
         for row in rows:
             own = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == row["pid"]]

@@ -175,12 +175,15 @@ def _ask(study: optuna.Study, heartbeat: Heartbeat, attrs: dict[str, Any]) -> op
     return trial
 
 
-def open_cost_storage(kind: str, url: str | None) -> Any:
+def open_bench_storage(kind: str, url: str | None) -> tuple[str | None, Any]:
+    """The URL a worker is given for `kind` (journal, postgres, memory) on the database at `url`,
+    and a storage on it opened as the worker opens it."""
     if kind == "journal" and url:
-        return open_journal(url.replace("postgresql+psycopg://", "postgresql+journal://"), heartbeat=False)
+        url = url.replace("postgresql+psycopg://", "postgresql+journal://")
+        return url, open_journal(url, heartbeat=False)
     if kind == "postgres" and url:
-        return RetryingStorage(open_storage(url), Retry())
-    return optuna.storages.InMemoryStorage()
+        return url, RetryingStorage(open_storage(url), Retry())
+    return None, optuna.storages.InMemoryStorage()
 
 
 def main() -> None:
@@ -204,7 +207,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * (len(PHASES) + 2))
     for kind in args.storage.split(","):
         name, url = fresh_postgres() if kind in ("journal", "postgres") else (None, None)
-        storage = open_cost_storage(kind, url)
+        _, storage = open_bench_storage(kind, url)
         spec = load_spec(SPEC)
         study, _ = create_or_load(spec, storage, sampler_seed=1, study_name="cost")
         try:

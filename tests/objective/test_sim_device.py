@@ -80,11 +80,12 @@ def test_costs_follow_the_work() -> None:
     assert h100.true_seconds(RECIPE) < a100.true_seconds(RECIPE) < l4.true_seconds(RECIPE)
     for profile in (h100, load_profile("cpu")):
         seconds = profile.true_seconds
-        assert (
-            seconds(RECIPE.replace(batch_size=128))
-            > seconds(RECIPE)
-            > seconds(RECIPE.replace(batch_size=512))
-        )
+        # More steps never cost less; the cpu profile's fitted per-step cost is 0 (objective/sim/
+        # model.json), so there only the assumed GPU profile's must be strictly more.
+        smaller, larger = seconds(RECIPE.replace(batch_size=128)), seconds(RECIPE.replace(batch_size=512))
+        assert smaller >= seconds(RECIPE) >= larger
+        if profile is h100:
+            assert smaller > seconds(RECIPE) > larger
         assert seconds(RECIPE.replace(epochs=2.0)) > seconds(RECIPE)
         assert seconds(RECIPE.replace(conv2_width=64)) > seconds(RECIPE)
         assert seconds(RECIPE.replace(batch_norm="both")) > seconds(RECIPE)

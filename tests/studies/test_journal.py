@@ -149,15 +149,16 @@ def test_simulated_workers_export_and_the_dashboard_on_a_journal(journal_url: st
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_on_a_journal_loses_nothing(journal_url: str, tmp_path: Path) -> None:
-    """Two simulated L4 workers (runs of ~0.5 s); one SIGKILLed mid-trial. Its trial turns FAILED
-    once its heartbeat is the grace period old and is re-run by the other; nothing is left running."""
+    """A simulated L4 worker (runs of ~0.5 s) SIGKILLed mid-trial; a second worker, started after
+    the kill so that its --timeout counts from then however slowly the first got going, fails that
+    trial once its heartbeat is the grace period old and re-runs it; nothing is left running."""
     spec = tmp_path / "spec.toml"
     spec.write_text(MNIST_FAST.read_text().replace("n_trials = 1000", "n_trials = 100000"))
     args = ["--spec", str(spec), "--storage", journal_url, "--simulate", "l4", "--no-progress",
             *FAST_HEARTBEAT]
     env = {key: value for key, value in os.environ.items() if key != "OPTUNA_STORAGE"}
-    survivor = WorkerProcess([*args, "--timeout", "25", "--sampler-seed", "1"], env=env, cwd=ROOT)
     victim = WorkerProcess([*args, "--sampler-seed", "2"], env=env, cwd=ROOT)
+    survivor = None
     try:
         victim.wait_for(" | ", timeout=60)  # a trial told: it is in its loop, the next trial running
         victim.process.send_signal(signal.SIGKILL)
@@ -165,11 +166,13 @@ def test_a_worker_killed_mid_trial_on_a_journal_loses_nothing(journal_url: str, 
         running = load_existing(journal_url, "mnist_fast").get_trials(states=(TrialState.RUNNING,))
         killed = [t for t in running if t.user_attrs.get("worker", {}).get("pid") == victim.pid]
         assert killed, "the victim held no running trial when it died"
+        survivor = WorkerProcess([*args, "--timeout", "25", "--sampler-seed", "1"], env=env, cwd=ROOT)
         done = survivor.finish(timeout=120)
         assert done.returncode == 0, done.stderr
     finally:
         victim.kill()
-        survivor.kill()
+        if survivor is not None:
+            survivor.kill()
     accounting = account(load_existing(journal_url, "mnist_fast"))
     assert {t.number for t in killed} <= set(accounting.retries), accounting
     assert accounting.lost == []

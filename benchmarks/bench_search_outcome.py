@@ -20,7 +20,7 @@ reported the winner's accuracy within 0.05 points of the fresh-seed mean and its
 
 --sampler runs the spec with another [sampler] name (the comparison in docs/search.md); --keep
 leaves each search's SQLite study in DIR for a look (optuna-dashboard, search.report).
-A search that ends with no feasible trial is a row that says so, and counts as missed.
+A search that ends with no crowned trial is a row that says so, and counts as missed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-REFERENCE = ROOT.parent / "shared" / "reference" / "seed_recipe.py"
+
+from benchmarks.reference import REFERENCE, time_reference  # noqa: E402
+
 FIRST_FRESH_SEED = 1000
 SEARCHED = ("lr", "beta1", "beta2", "batch_size", "epochs", "pct_start", "div_factor",
             "final_div_factor", "conv1_kernel", "conv2_kernel", "conv1_width", "conv2_width",
@@ -108,13 +110,12 @@ def one_search(args: argparse.Namespace, sampler_seed: int, seeds: list[int], sc
     out = Path(scratch) / f"best-{sampler_seed}.json"
     exported = subprocess.run([sys.executable, "-m", "search.export", "--storage", url, "--study",
                                "mnist_fast", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    if exported.returncode != 0:  # no feasible trial: nothing dominated the recipe
+    if exported.returncode != 0:  # no crowned trial: nothing dominated the recipe
         return {**result, "winner": None, "why": exported.stderr.strip()[-300:],
                 "passes": {"a winner exists": False}}
     best = json.loads(out.read_text())
     runs = interleaved(best["config"], seeds, args.data_dir)
-    reference = json.loads(run([sys.executable, args.reference, "--data-dir", args.data_dir, "--seeds",
-                                ",".join(map(str, seeds)), "--device", "cpu", "--json"]).splitlines()[-1])
+    reference = time_reference(args.data_dir, ",".join(map(str, seeds)), script=args.reference)
     winner, recipe = summary(runs["winner"]), summary(runs["recipe"])
     metrics = best["metrics"]
     paired_ratio = statistics.median(w["seconds"] / r["seconds"]
@@ -165,7 +166,7 @@ def print_table(results: list[dict[str, Any]], seeds: list[int]) -> None:
     for r in results:
         if r["winner"] is None:
             print(f"| {r['sampler_seed']} | {r['search_wall_seconds'] / 60:.1f} min | "
-                  f"{sum(r['trials'].values())} | no feasible trial | | | | | | | | | | | NO |")
+                  f"{sum(r['trials'].values())} | no crowned trial | | | | | | | | | | | NO |")
             continue
         w, c = r["winner"], r["recipe"]
         print(f"| {r['sampler_seed']} | {r['search_wall_seconds'] / 60:.1f} min | "

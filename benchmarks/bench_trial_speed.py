@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "seed_recipe.py"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reference import REFERENCE  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "objective (defaults: channels_last, bf16 auto, fused Adam)": [],

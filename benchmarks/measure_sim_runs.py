@@ -1,7 +1,7 @@
 """Real runs over the search space, the data the simulated device is fitted to.
 
     python benchmarks/measure_sim_runs.py --data-dir ../shared/mnist --out objective/sim/runs_cpu.csv
-        [--random 100] [--local 40] [--seeds-per-config 2] [--recipe-every 5]
+        [--random 100] [--local 40] [--seeds-per-config 2] [--recipe-every 5] [--reference-every 60]
 
 Trains, in one process on this machine's CPU (every core, one torch thread each), in a shuffled
 order so that the machine's drift does not line up with any knob:
@@ -12,7 +12,10 @@ each on `--seeds-per-config` seeds; and the seed recipe itself every `--recipe-e
 seeds 0, 1, 2, ... in turn, so its per-seed spread, the clock's run-to-run noise, its drift over
 the whole measurement and its rare spikes all come from the same session. Every run is timed by
 `objective.trainer.train_once` (warm-up outside the clock, docs/timing.md) with a 60 s limit, and
-appended to the CSV as it finishes, with the CPU's name and the torch version.
+appended to the CSV as it finishes, with the CPU's name and the torch version. The reference script
+(benchmarks/reference.py) runs at the start, every `--reference-every` runs and at the end, on seeds
+0, 1, 2, as rows of kind `reference` (its median seconds and mean accuracy): the machine's speed
+during the measurement, which a later check on this CPU, whose speed moves between days, scales by.
 objective/sim/fit.py turns the CSV into the simulator's model.
 """
 
@@ -34,6 +37,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reference import time_reference  # noqa: E402
 from objective.config import TrainConfig  # noqa: E402
 from objective.data import load_resident, resolve_root  # noqa: E402
 from objective.trainer import fingerprint, train_once  # noqa: E402
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--local", type=int, default=40)
     parser.add_argument("--seeds-per-config", type=int, default=2)
     parser.add_argument("--recipe-every", type=int, default=5)
+    parser.add_argument("--reference-every", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws and the order")
     args = parser.parse_args()
 
@@ -118,10 +123,13 @@ def main() -> None:
     schedule: list[tuple[str, dict[str, Any]]] = []
     recipe_seed = 0
     for index, run in enumerate(runs):
+        if index % args.reference_every == 0:
+            schedule.append(("reference", {}))
         if index % args.recipe_every == 0:
             schedule.append(("recipe", {"seed": recipe_seed}))
             recipe_seed += 1
         schedule.append(run)
+    schedule.append(("reference", {}))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -130,8 +138,18 @@ def main() -> None:
         writer.writeheader()
         for number, (kind, params) in enumerate(schedule, 1):
             config = TrainConfig().replace(**params)
-            result = train_once(config, data, TIME_LIMIT)
             row = {name: getattr(config, name) for name in spec.space}
+            row.update(cpu=print_["device"], torch=torch.__version__, threads=torch.get_num_threads(),
+                       started_at=round(time.time() - started, 1))
+            if kind == "reference":
+                anchor = time_reference(args.data_dir, "0,1,2")
+                row.update(kind=kind, seed=0, accuracy=anchor["mean_accuracy"],
+                           seconds=round(anchor["median_seconds"], 4), train_seconds=0, steps=0, diverged=0,
+                           over_time=0, bf16="")
+                writer.writerow(row)
+                print(f"{number}/{len(schedule)} reference {anchor['median_seconds']:.3f} s", flush=True)
+                continue
+            result = train_once(config, data, TIME_LIMIT)
             row.update(
                 kind=kind,
                 seed=config.seed,
@@ -141,10 +159,6 @@ def main() -> None:
                 steps=result.steps,
                 diverged=int(result.diverged),
                 over_time=int(result.over_time),
-                started_at=round(time.time() - started, 1),
-                cpu=print_["device"],
-                torch=torch.__version__,
-                threads=torch.get_num_threads(),
                 bf16=int(bool(result.fingerprint.get("bf16_autocast"))),
             )
             writer.writerow(row)

@@ -48,6 +48,9 @@ class TrainConfig:
     # CPU with AMX matrix units. Without bf16 units it is emulated and an order of magnitude
     # slower (docs/performance.md), and on a GPU it is unmeasured. "on" and "off" force it.
     bf16_autocast: str = "auto"
+    # Replay each training step as a CUDA graph, captured in the untimed warm-up (objective/graphed.py);
+    # no effect on a CPU.
+    cuda_graphs: bool = False
     eval_batch: int = 1000  # all 10k test images are scored; the batch only changes speed
     # Subset of the training set (the first N of the fixed shuffled order); 0 means all 60,000.
     train_subset: int = 0

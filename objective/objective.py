@@ -1,32 +1,38 @@
 """The Optuna objective: suggest a config, train it seed by seed on resident data, return its
-penalized wall time.
+penalized time against the seed recipe's on the same device.
+
+Every time is judged against the device it ran on: its yardstick, the seed recipe's seconds timed
+by the worker on that device (re-timed every YARDSTICK_EVERY seconds). A trial's `ratio` is its
+median timed seconds `secs` over the yardstick, so trials from an H100 and an L4 compare, and the
+sampler learns from every device; the wall seconds stay in the `seconds` attribute.
 
 A trial is feasible when it dominates the seed recipe: its mean accuracy `acc` over the seeds it
-ran (objective/seeds.py decides how many) reaches the bar (target + margin), and its median timed
-seconds `secs` are at most the recipe's own time on this device (the worker's yardstick). Both are
-Optuna 5 constraints, each <= 0 when met: `accuracy_points_short` (the bar minus `acc`, in points)
-and `slower_than_recipe` (`secs` over the recipe's time, minus 1). TPE and GP rank infeasible
-trials by their sum, so a fast near miss ranks far above a slow accurate config or a slow failure.
+ran (objective/seeds.py decides how many) reaches the bar (target + margin), and `ratio` <= 1.
+Both are Optuna 5 constraints, each <= 0 when met: `accuracy_points_short` (the bar minus `acc`, in
+points) and `slower_than_recipe` (`ratio` - 1). TPE and GP rank infeasible trials by their sum, so
+a fast near miss ranks far above a slow accurate config or a slow failure.
 
-Value, with `ceiling` the recipe's time (the spec's `time_limit` until it is measured), which is
-also the most a feasible trial can take:
-- feasible: `secs`;
-- infeasible: `max(secs, ceiling) + penalty_per_point * min(points short, max_penalty_points) * ceiling`.
-So every infeasible value sits above every feasible one (the dashboard's "best trial", which goes
-by value alone, is a feasible one), a near miss sits just above them, and no value passes
-`time limit + penalty_per_point * max_penalty_points * ceiling`: one divergent run cannot set the
-scale of the whole study.
+Value, with one ceiling for every device and yardstick, the recipe's own ratio of 1:
+- feasible: `ratio`;
+- infeasible: `max(ratio, 1) + penalty_per_point * min(points short, max_penalty_points)`.
+So every infeasible value sits above every feasible one, and no value passes
+`limit_vs_baseline + penalty_per_point * max_penalty_points`: one divergent run cannot set the
+scale of the whole study. A trial is `crowned` when it held the bar and beat the time to beat on
+its device over the crown guard's seeds (objective/seeds.py); only crowned trials lower the time to
+beat, so a feasible trial that was not crowned never sits below its device's best crowned one, and
+the study's lowest value (the dashboard's best trial) is a crowned trial.
 A run stopped by the time limit (a multiple of the recipe's time here) leaves the trial PRUNED,
 with the value of its finished seeds as its last intermediate value.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.distributions import (
@@ -39,9 +45,11 @@ from optuna.trial import FrozenTrial
 
 from objective.config import TrainConfig
 from objective.result import Run, RunResult
-from objective.seeds import SeedRules, mean_accuracy, median_seconds, stop_reason
+from objective.seeds import SeedRules, is_crowned, mean_accuracy, median_seconds, stop_reason
 
-METRIC_NAME = "penalized seconds"  # the study's objective, as the dashboard names it
+METRIC_NAME = "time / recipe's time, penalized"  # the study's objective, as the dashboard names it
+# The study attribute holding a device's best crowned ratio: this prefix and the fingerprint.
+DEVICE_BEST = "best_ratio "
 # Seconds between two timings of the seed recipe by one worker: ~1 % of a CPU search's time.
 YARDSTICK_EVERY = 300.0
 # What "passes" means, for the search, export and verification: a study records its own target,
@@ -62,8 +70,17 @@ class ObjectiveSettings:
     max_penalty_points: float = 1.0  # ... for at most this many points: the value's bound
     repeats: int = 1  # seeds that decide a trial (objective/seeds.py)
     crown_seeds: int = 1  # seeds a would-be best trial must hold on first (the crown guard)
+    # Seeds a crowned trial then runs that decide nothing: its claim (the accuracy and seconds
+    # export reports) comes from them, so no selection luck is in it (objective/seeds.py).
+    claim_seeds: int = 0
     accuracy_sd: float = 0.0007  # one seed's accuracy spread, for "clearly infeasible"
     slower_margin: float = 0.1  # "clearly slower than the best": the clock's noise, and then some
+    # Runs of the seed recipe whose median is the yardstick: the time to beat carries its noise,
+    # and one noisy run threw truly faster configs away as "clearly slower" (docs/search.md).
+    yardstick_seeds: int = 1
+    # Time the yardstick again as a trial is crowned, so that its ratio (the time to beat from then
+    # on) compares runs of one moment (objective.train_seeds; docs/search.md measures it).
+    yardstick_at_crown: bool = False
 
     @property
     def required_accuracy(self) -> float:
@@ -83,24 +100,22 @@ class ObjectiveSettings:
                      "accuracy_sd"):
             if not 0.0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
-        if self.repeats < 1 or self.crown_seeds < 1:
-            raise ValueError(f"repeats and crown_seeds must be >= 1, got {self.repeats} and "
-                             f"{self.crown_seeds}")
+        if self.repeats < 1 or self.crown_seeds < 1 or self.yardstick_seeds < 1 or self.claim_seeds < 0:
+            raise ValueError(f"repeats, crown_seeds and yardstick_seeds must be >= 1 and claim_seeds "
+                             f">= 0, got {self.repeats}, {self.crown_seeds}, {self.yardstick_seeds} "
+                             f"and {self.claim_seeds}")
         if not 0.0 <= self.slower_margin < math.inf:
             raise ValueError(f"slower_margin must be >= 0 and finite, got {self.slower_margin}")
 
 
-def penalized_value(accuracy: float, seconds: float, settings: ObjectiveSettings,
-                    ceiling: float | None = None) -> float:
-    """The value of a trial (module docstring). `ceiling`: the seed recipe's seconds on this
-    device; None before it is measured, and then the spec's time_limit is the ceiling. A trial
-    slower than the ceiling is infeasible even at full accuracy."""
-    ceiling = settings.time_limit if ceiling is None else ceiling
+def penalized_value(accuracy: float, ratio: float, settings: ObjectiveSettings) -> float:
+    """The value of a trial (module docstring). `ratio`: its seconds over the seed recipe's on the
+    same device. A trial slower than the recipe is infeasible even at full accuracy."""
     points_short = 100.0 * (settings.required_accuracy - accuracy)
-    if points_short <= 0.0 and seconds <= ceiling:
-        return seconds
+    if points_short <= 0.0 and ratio <= 1.0:
+        return ratio
     penalty = settings.penalty_per_point * min(max(points_short, 0.0), settings.max_penalty_points)
-    return max(min(seconds, settings.time_limit), ceiling) + penalty * ceiling
+    return max(min(ratio, settings.limit_vs_baseline), 1.0) + penalty
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> object:
@@ -122,27 +137,42 @@ def is_feasible(trial: FrozenTrial) -> bool:
     return all(value <= 0.0 for value in trial.constraints.values())
 
 
-def best_feasible_value(study: optuna.Study) -> float | None:
-    """The study's best feasible value, read from the shared storage (so across workers)."""
-    try:
-        return study.best_value
-    except ValueError:  # no complete, feasible trial yet
-        return None
+def is_crowned_trial(trial: FrozenTrial) -> bool:
+    """A feasible trial that held the crown guard (objective/seeds.py): the only kind export picks."""
+    return trial.user_attrs.get("crowned") is True and is_feasible(trial)
+
+
+def device_best_key(fingerprint: Mapping[str, object]) -> str:
+    return DEVICE_BEST + json.dumps(dict(fingerprint), sort_keys=True)
+
+
+def device_best(study: optuna.Study, fingerprint: Mapping[str, object]) -> float | None:
+    """The best crowned ratio on this device, by any worker (a study attribute: one read, however
+    large the study); None until one exists."""
+    value = study.user_attrs.get(device_best_key(fingerprint))
+    return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass(frozen=True)
 class Planned:
-    """A trial's config and the best value it has to beat, fixed before it trains."""
+    """A trial's config and its device's best crowned ratio, fixed before it trains."""
     config: TrainConfig
     best: float | None
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A trial's runs, one per seed, and why it stopped after them."""
+    """A trial's runs, one per seed, why it stopped after them, and the yardstick it was judged by."""
     runs: list[RunResult]
     stopped: str
     time_limit: float
+    yardstick: float  # the seed recipe's seconds on this device when the trial trained
+    crowned: bool
+    claim: list[RunResult] = field(default_factory=list)  # a crowned trial's claim seeds
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds / self.yardstick
 
     @property
     def accuracy(self) -> float:
@@ -190,19 +220,24 @@ class Objective:
         self.set_constraints = set_constraints
         self.baseline_seconds: float | None = None  # the yardstick: `measure_baseline`
         self.baseline_measured_at = -math.inf  # self.clock() at that measurement
-        # The best of this worker's own trials: a prepared trial read the study's best before
-        # the trial in front of it had finished.
+        self.fingerprint: dict[str, object] = {}  # the device's, from the yardstick's run
+        # The best ratio of this worker's own crowned trials: a prepared trial read the device's
+        # best before the trial in front of it had finished.
         self.own_best = math.inf
 
     def __call__(self, trial: optuna.Trial) -> float:
         return self.record(trial, self.train_seeds(self.plan(trial)))
 
     def measure_baseline(self) -> float:
-        """Time the seed recipe (the spec's base config) once on this device, outside any trial.
-        Its seconds are the time to beat until a faster feasible trial exists, and set the run
-        time limit and each trial's `vs_baseline`. `train_seeds` re-measures it every YARDSTICK_EVERY
-        seconds, so a load that came and went does not fix it for the whole search."""
-        self.baseline_seconds = self.run(self.base, self.settings.time_limit).seconds
+        """Time the seed recipe (the spec's base config) on this device, outside any trial: the
+        median of `yardstick_seeds` runs. Its seconds are the unit of every value here
+        (`vs_baseline`), the time to beat until a trial is crowned on this device, and set the run
+        time limit. `train_seeds` re-measures it every YARDSTICK_EVERY seconds, so a load that came
+        and went does not fix it for the search."""
+        results = [self.run(self.base.replace(seed=self.base.seed + k), self.settings.time_limit)
+                   for k in range(self.settings.yardstick_seeds)]
+        self.baseline_seconds = median_seconds(results)
+        self.fingerprint = dict(results[0].fingerprint)
         self.baseline_measured_at = self.clock()
         return self.baseline_seconds
 
@@ -218,37 +253,45 @@ class Objective:
     def plan(self, trial: optuna.Trial) -> Planned:
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())  # what export reproduces, whole
-        return Planned(config, best_feasible_value(trial.study))
+        return Planned(config, device_best(trial.study, self.fingerprint))
 
     def train_seeds(self, planned: Planned) -> Trained:
         """Train one seed after another (config.seed, +1, ...) until objective/seeds.py stops it."""
-        if (self.baseline_seconds is not None
-                and self.clock() - self.baseline_measured_at > YARDSTICK_EVERY):
+        if self.baseline_seconds is None or self.clock() - self.baseline_measured_at > YARDSTICK_EVERY:
             self.measure_baseline()
-        known = [planned.best, self.own_best, self.baseline_seconds]
-        to_beat = min((seconds for seconds in known if seconds is not None), default=math.inf)
+        yardstick = self.baseline_seconds
+        assert yardstick is not None
+        best = min(planned.best if planned.best is not None else 1.0, self.own_best, 1.0)
+        to_beat = best * yardstick  # on this device: its best crowned trial, or the recipe
         rules, limit, config = self.settings.seed_rules(), self.time_limit(), planned.config
         runs: list[RunResult] = []
         while True:
             runs.append(self.run(config.replace(seed=config.seed + len(runs)), limit))
-            stopped = stop_reason(runs, rules, to_beat if math.isfinite(to_beat) else None)
+            stopped = stop_reason(runs, rules, to_beat)
             if stopped is not None:
                 break
-        trained = Trained(runs, stopped, limit)
-        if trained.accuracy >= rules.bar and not (trained.diverged or trained.over_time):
-            self.own_best = min(self.own_best, trained.seconds)
+        crowned = is_crowned(runs, rules, to_beat)
+        if crowned and self.settings.yardstick_at_crown:
+            # A crowned ratio is the time to beat from now on. Against a yardstick timed up to
+            # YARDSTICK_EVERY ago it would keep the clock's drift since then, and the guard crowns
+            # the trials that drift favoured: so it is taken against one timed now, beside its seeds.
+            yardstick = self.measure_baseline()
+        claim = [self.run(config.replace(seed=config.seed + len(runs) + k), limit)
+                 for k in range(self.settings.claim_seeds if crowned else 0)]
+        trained = Trained(runs, stopped, limit, yardstick, crowned, claim)
+        if trained.crowned:
+            self.own_best = min(self.own_best, trained.ratio)
         return trained
 
     def constraints(self, trained: Trained) -> dict[str, float]:
         """Each <= 0 when the trial dominates the seed recipe (module docstring). Both in units
         where 0.1 is a comparable miss (0.1 points short, 10 % slower): TPE sums them."""
-        slower = 0.0 if self.baseline_seconds is None else trained.seconds / self.baseline_seconds - 1.0
         return {"accuracy_points_short": 100.0 * (self.settings.required_accuracy - trained.accuracy),
-                "slower_than_recipe": slower}
+                "slower_than_recipe": trained.ratio - 1.0}
 
     def record(self, trial: optuna.Trial, trained: Trained) -> float:
         runs = trained.runs
-        value = penalized_value(trained.accuracy, trained.seconds, self.settings, self.baseline_seconds)
+        value = penalized_value(trained.accuracy, trained.ratio, self.settings)
         trial.set_user_attr("accuracy", trained.accuracy)
         trial.set_user_attr("seconds", trained.seconds)
         trial.set_user_attr("train_seconds", statistics.median(run.train_seconds for run in runs))
@@ -256,15 +299,30 @@ class Objective:
         trial.set_user_attr("seconds_per_seed", [run.seconds for run in runs])
         trial.set_user_attr("stopped", trained.stopped)  # "diverged on seed N" says it diverged
         trial.set_user_attr("fingerprint", runs[0].fingerprint)
-        if self.baseline_seconds is not None:
-            trial.set_user_attr("vs_baseline", trained.seconds / self.baseline_seconds)
+        trial.set_user_attr("vs_baseline", trained.ratio)
+        trial.set_user_attr("yardstick", trained.yardstick)
+        trial.set_user_attr("crowned", trained.crowned)
+        if trained.claim:  # what fresh seeds give this crowned trial: its claim, not its selection
+            trial.set_user_attr("claim_accuracy", mean_accuracy(trained.claim))
+            trial.set_user_attr("claim_seconds", median_seconds(trained.claim))
+            trial.set_user_attr("claim_accuracies", [run.accuracy for run in trained.claim])
         self.set_constraints(trial, self.constraints(trained))
         if trained.over_time:
             finished = runs[:-1]
-            trial.report(penalized_value(mean_accuracy(finished), median_seconds(finished), self.settings,
-                                         self.baseline_seconds)
-                         if finished else trained.time_limit, step=len(finished))
+            ratio = (median_seconds(finished) if finished else trained.time_limit) / trained.yardstick
+            reported = penalized_value(mean_accuracy(finished), ratio, self.settings) if finished else ratio
+            trial.report(reported, step=len(finished))
             raise optuna.TrialPruned(f"time limit: passed {trained.time_limit:.3f} s")
         if not math.isfinite(value):
             raise RuntimeError(f"non-finite objective value {value}")
+        if trained.crowned:
+            self.lower_device_best(trial.study, self.fingerprint, value)
         return value
+
+    @staticmethod
+    def lower_device_best(study: optuna.Study, fingerprint: Mapping[str, object], value: float) -> None:
+        """Lower the device's best crowned ratio to `value`. Two workers crowning at once can leave
+        the higher of their values there: a looser time to beat for a while, never a tighter one."""
+        best = device_best(study, fingerprint)
+        if best is None or value < best:
+            study.set_user_attr(device_best_key(fingerprint), value)

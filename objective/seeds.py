@@ -13,12 +13,16 @@ After each seed, with k seeds run, mean accuracy `acc` and median seconds `secs`
    the time to beat), so the study's best trial has held the bar and its speed on seeds that did
    not select it.
 
-The time to beat is the study's best feasible value, or the seed recipe's own time on this
-device where that is lower: the search exists to beat the recipe, so no seed is spent confirming
-a config slower than it.
+The time to beat is the best crowned trial's ratio on this device times the worker's yardstick
+(objective/objective.py), or the seed recipe's own time on this device where that is lower: the
+search exists to beat the recipe, so no seed is spent confirming a config slower than it.
 
-Picking the best of many noisy trials picks luck (the winner's curse); the guard is what makes
-the accuracy the study reports for its best trial the accuracy that fresh seeds give.
+A trial that passes the guard is crowned (`is_crowned`); only crowned trials set the time to beat
+and are exported. Picking the best of many noisy trials picks luck (the winner's curse), and the
+guard itself keeps the trials whose mean over its seeds happened to clear a bar their true means
+sit near, so the crown's own seeds still flatter it. A crowned trial therefore runs `claim_seeds`
+more seeds that decide nothing (objective/objective.py): its claim, the accuracy and seconds export
+reports, comes from them alone, and fresh seeds agree with it on average.
 """
 
 from __future__ import annotations
@@ -85,6 +89,13 @@ def stop_reason(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | No
 def is_contender(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | None) -> bool:
     """Feasible and faster than the time to beat: the trial would become the study's best."""
     return mean_accuracy(runs) >= rules.bar and (to_beat is None or median_seconds(runs) < to_beat)
+
+
+def is_crowned(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | None) -> bool:
+    """The trial ran every seed the crown guard asks and is a contender on all of them: it may be
+    the study's best on its device."""
+    clean = not any(run.diverged or run.over_time for run in runs)
+    return clean and len(runs) >= max(rules.repeats, rules.crown_seeds) and is_contender(runs, rules, to_beat)
 
 
 def _seeds(count: int) -> str:

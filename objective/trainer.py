@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.errors import UserError
+from objective.graphed import graphed_step, train_graphed
 from objective.model import build_model
 from objective.result import RunResult
 
@@ -97,6 +98,10 @@ def total_steps(config: TrainConfig, data: Mnist) -> int:
     return max(1, math.ceil(config.epochs * steps_per_epoch))
 
 
+def graphs_enabled(config: TrainConfig, device: torch.device) -> bool:
+    return config.cuda_graphs and device.type == "cuda"
+
+
 _warmed: set[tuple[object, ...]] = set()
 
 
@@ -109,11 +114,13 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     key = (config.batch_size, last, config.conv1_kernel, config.conv2_kernel, config.conv1_width,
            config.conv2_width, config.fc_width, config.batch_norm, config.channels_last, bf16,
            str(data.device))
-    if key in _warmed:
-        return
     if data.device.type == "cuda":
         # Autotune conv kernels per shape; the warm-up below meets every shape, so it is untimed.
         torch.backends.cudnn.benchmark = True
+    if graphs_enabled(config, data.device):
+        graphed_step(config, data, n, total_steps(config, data), bf16)  # captured unless cached
+    if key in _warmed:
+        return
     probe = config.replace(epochs=1.0, train_subset=0, seed=config.seed)
     torch.manual_seed(config.seed)
     model = build_model(probe, data.device)
@@ -139,22 +146,41 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
     """Train `config` once on resident `data`; stop early on a NaN/inf loss or past `time_limit` s."""
     device = data.device
     warm_up(config, data)
-    n = train_count(config, data)
     steps = total_steps(config, data)
-    steps_per_epoch = math.ceil(n / config.batch_size)
     torch.manual_seed(config.seed)
     order_rng = torch.Generator(device=device).manual_seed(config.seed)
     bf16 = bf16_enabled(config, device)  # resolved once, not per step
 
     _sync(device)
     start = time.perf_counter()
+    if graphs_enabled(config, device):
+        model, step, diverged, over_time = _replay_graphed(config, data, steps, order_rng, bf16,
+                                                           start, time_limit)
+    else:
+        model, step, diverged, over_time = _train_eager(config, data, steps, order_rng, bf16,
+                                                        start, time_limit)
+    _sync(device)
+    train_seconds = time.perf_counter() - start
+    accuracy = _evaluate(model, data, config, bf16)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds,
+                     train_seconds=train_seconds, steps=step, diverged=diverged,
+                     over_time=over_time or seconds > time_limit,
+                     fingerprint={**fingerprint(device), "bf16_autocast": bf16})
+
+
+def _train_eager(config: TrainConfig, data: Mnist, steps: int, order_rng: torch.Generator, bf16: bool,
+                 start: float, time_limit: float) -> tuple[torch.nn.Module, int, bool, bool]:
+    device = data.device
+    n = train_count(config, data)
+    steps_per_epoch = math.ceil(n / config.batch_size)
     model = build_model(config, device)
     optimizer = _optimizer(model, config)
     schedule = OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start,
                           div_factor=config.div_factor, final_div_factor=config.final_div_factor,
                           cycle_momentum=False)
     loss_sum = torch.zeros((), device=device)  # NaN/inf in any step's loss poisons the sum
-    diverged = over_time = False
     model.train()
     step = 0
     while step < steps:
@@ -171,21 +197,38 @@ def train_once(config: TrainConfig, data: Mnist, time_limit: float = math.inf) -
         loss_sum += loss.detach()
         step += 1
         if step % config.check_every == 0 or step == steps:
-            if not torch.isfinite(loss_sum).item():  # the loop's only host sync, every check_every
-                diverged = True
-                break
-            if time.perf_counter() - start > time_limit:
-                over_time = True
-                break
-    _sync(device)
-    train_seconds = time.perf_counter() - start
-    accuracy = _evaluate(model, data, config, bf16)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds,
-                     train_seconds=train_seconds, steps=step, diverged=diverged,
-                     over_time=over_time or seconds > time_limit,
-                     fingerprint={**fingerprint(device), "bf16_autocast": bf16})
+            stop = _look(loss_sum, start, time_limit)
+            if stop:
+                return model, step, stop == "diverged", stop == "over time"
+    return model, step, False, False
+
+
+def _replay_graphed(config: TrainConfig, data: Mnist, steps: int, order_rng: torch.Generator,
+                    bf16: bool, start: float, time_limit: float
+                    ) -> tuple[torch.nn.Module, int, bool, bool]:
+    """The eager loop's steps, each one replay of the captured graph (objective/graphed.py)."""
+    n = train_count(config, data)
+    state, steps_per_epoch = train_graphed(config, data, n, steps, bf16)
+    step = 0
+    while step < steps:
+        position = step % steps_per_epoch
+        if position == 0:
+            torch.randperm(n, device=data.device, generator=order_rng, out=state.order)
+            state.offset.zero_()
+        state.graphs[min(config.batch_size, n - position * config.batch_size)].replay()
+        step += 1
+        if step % config.check_every == 0 or step == steps:
+            stop = _look(state.loss_sum, start, time_limit)
+            if stop:
+                return state.model, step, stop == "diverged", stop == "over time"
+    return state.model, step, False, False
+
+
+def _look(loss_sum: torch.Tensor, start: float, time_limit: float) -> str:
+    """The loop's only host sync, every check_every steps: "" to go on, else why it stops."""
+    if not torch.isfinite(loss_sum).item():
+        return "diverged"
+    return "over time" if time.perf_counter() - start > time_limit else ""
 
 
 def _evaluate(model: torch.nn.Module, data: Mnist, config: TrainConfig, bf16: bool) -> float:

@@ -4,11 +4,13 @@
         [--format json|yaml|toml] [--fingerprint DEVICE_NAME] [--verify N [--device auto|cpu|cuda]
         [--data-dir DIR] [--threads N]]
 
-Best = the lowest value among COMPLETE, feasible trials (every constraint <= 0) on one hardware
-fingerprint: the most common one, or the device named by --fingerprint (seconds measured on
-different machines do not compare). The seed-recipe baseline is eligible. The document holds the
-whole `config` (what `python -m objective.train --config best.json` takes), the trial's metrics,
-its fingerprint, provenance (storage kind, Optuna version, time, spec) and how it was picked.
+Best = the lowest value (time over the recipe's on the same device) among the crowned trials
+(COMPLETE, feasible, and held the crown guard: objective/seeds.py) on one hardware fingerprint:
+the most common one, or the device named by --fingerprint (seconds measured on different machines
+do not compare). The seed-recipe baseline is eligible. The document holds the whole `config` (what
+`python -m objective.train --config best.json` takes), the trial's metrics, its fingerprint,
+provenance (storage kind, Optuna version, time, spec), how it was picked, and `per_fingerprint`:
+the best crowned trial on every fingerprint that has one.
 --verify N retrains the config on N fresh seeds here and adds a `verification` block.
 The format follows --format, else the --out suffix (.json, .yaml/.yml, .toml), else JSON;
 `--out -` writes to stdout. The study is only read, never written.
@@ -36,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict
 from objective.errors import UserError
-from objective.objective import ACCURACY_TARGET, is_feasible
+from objective.objective import ACCURACY_TARGET, is_crowned_trial
 from objective.result import describe_fingerprint
 from search.devices import open_real
 from search.retry import storage_failure
@@ -120,7 +122,8 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     trial = choice.trial
     config = trial_config(trial, study.user_attrs)
     target = accuracy_target(study.user_attrs)
-    used = len(trial.user_attrs.get("accuracies") or [None])
+    attrs = trial.user_attrs
+    used = len(attrs.get("accuracies") or [None]) + len(attrs.get("claim_accuracies") or [])
     seeds = verification_seeds(config, args.verify, used=used)
     # Verification is timed like a trial: in a training process, on a device claimed as a worker
     # claims it, waiting while another holds it.
@@ -161,14 +164,26 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def choose(trials: Iterable[FrozenTrial], device: str | None = None) -> Choice:
-    """The best feasible COMPLETE trial within one fingerprint (see the module docstring)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if not complete:
-        raise ExportError("no feasible trial: the study has no COMPLETE trial yet")
+def fingerprint_groups(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
+    """The COMPLETE trials by fingerprint, in the order the fingerprints first appear."""
     groups: dict[str, list[FrozenTrial]] = {}
-    for trial in complete:  # insertion order = order of first appearance, the tie-break
-        groups.setdefault(json.dumps(fingerprint_of(trial), sort_keys=True), []).append(trial)
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            groups.setdefault(json.dumps(fingerprint_of(trial), sort_keys=True), []).append(trial)
+    return groups
+
+
+def best_crowned(members: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    crowned = [t for t in members if is_crowned_trial(t)]
+    return min(crowned, key=lambda t: (t.value, t.number)) if crowned else None
+
+
+def choose(trials: Iterable[FrozenTrial], device: str | None = None) -> Choice:
+    """The best crowned trial within one fingerprint (see the module docstring)."""
+    groups = fingerprint_groups(trials)
+    if not groups:
+        raise ExportError("no crowned trial: the study has no COMPLETE trial yet")
+    complete = sum(len(members) for members in groups.values())
     counts = Counter({key: len(members) for key, members in groups.items()})
     ranked = sorted(groups, key=lambda key: -counts[key])  # stable: ties keep first appearance
     if device is None:
@@ -179,22 +194,35 @@ def choose(trials: Iterable[FrozenTrial], device: str | None = None) -> Choice:
         key = _match_device(groups, ranked, device)
         how = f"chosen by --fingerprint {device!r} among {_plural(len(groups), 'fingerprint')}"
     fingerprint = fingerprint_of(groups[key][0])  # as recorded, in its own key order
-    feasible = [t for t in groups[key] if is_feasible(t)]
-    if not feasible:
+    best = best_crowned(groups[key])
+    if best is None:
         others = [describe_fingerprint(fingerprint_of(groups[k][0])) for k in ranked
-                  if k != key and any(is_feasible(t) for t in groups[k])]
-        hint = (f"; fingerprints with feasible trials: {'; '.join(others)} (pick one with --fingerprint)"
+                  if k != key and best_crowned(groups[k]) is not None]
+        hint = (f"; fingerprints with crowned trials: {'; '.join(others)} (pick one with --fingerprint)"
                 if others else "")
-        raise ExportError(f"no feasible trial: none of the {_plural(len(groups[key]), 'complete trial')} "
-                          f"on {describe_fingerprint(fingerprint)} meets every constraint{hint}")
-    best = min(feasible, key=lambda t: (t.value, t.number))
+        raise ExportError(f"no crowned trial: none of the {_plural(len(groups[key]), 'complete trial')} "
+                          f"on {describe_fingerprint(fingerprint)} held the bar and beat the recipe "
+                          f"over the crown guard's seeds{hint}")
+    crowned = sum(is_crowned_trial(t) for t in groups[key])
     baseline = " (the seed-recipe baseline)" if best.user_attrs.get("baseline") else ""
     selection = (f"trial {best.number}{baseline}: lowest value ({best.value:.4f}) among "
-                 f"{_plural(len(feasible), 'feasible trial')} of "
+                 f"{_plural(crowned, 'crowned trial')} of "
                  f"{_plural(len(groups[key]), 'complete trial')} "
                  f"on fingerprint {describe_fingerprint(fingerprint)}, {how}; "
-                 f"{_plural(len(complete), 'complete trial')} in the study")
+                 f"{_plural(complete, 'complete trial')} in the study")
     return Choice(trial=best, fingerprint=fingerprint, selection=selection)
+
+
+def per_fingerprint(trials: Iterable[FrozenTrial]) -> list[dict[str, Any]]:
+    """The best crowned trial on each fingerprint that has one: what a mixed fleet found."""
+    rows = []
+    for members in fingerprint_groups(trials).values():
+        best = best_crowned(members)
+        if best is not None:
+            rows.append({"fingerprint": describe_fingerprint(fingerprint_of(best)), "trial": best.number,
+                         "seconds": best.user_attrs.get("seconds"),
+                         "accuracy": best.user_attrs.get("accuracy"), "value": best.value})
+    return rows
 
 
 def _match_device(groups: Mapping[str, list[FrozenTrial]], ranked: list[str], device: str) -> str:
@@ -251,7 +279,8 @@ def build_document(study: optuna.Study, choice: Choice, url: str) -> dict[str, A
         "value": trial.value,
         "accuracy_target": accuracy_target(attrs),
     }
-    for key in ("accuracies", "vs_baseline"):  # per seed; seconds over the seed recipe's here
+    # per seed; seconds over the seed recipe's here; the claim: seeds that decided nothing
+    for key in ("accuracies", "vs_baseline", "claim_accuracy", "claim_seconds", "claim_accuracies"):
         if key in trial.user_attrs:
             metrics[key] = trial.user_attrs[key]
     return {
@@ -268,6 +297,7 @@ def build_document(study: optuna.Study, choice: Choice, url: str) -> dict[str, A
         },
         "fingerprint": choice.fingerprint,
         "selection": choice.selection,
+        "per_fingerprint": per_fingerprint(study.get_trials(deepcopy=False)),
     }
 
 

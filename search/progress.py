@@ -18,7 +18,7 @@ import tqdm
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import hide_passwords
-from objective.objective import is_feasible
+from objective.objective import is_crowned_trial
 
 log = logging.getLogger("search")
 
@@ -63,8 +63,15 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+def best_words(best: FrozenTrial) -> str:
+    """`4.512 s, 0.93x the recipe (#3)`: the wall seconds a user reads, and the value."""
+    seconds = best.user_attrs.get("seconds")
+    timed = f"{seconds:.3f} s, " if isinstance(seconds, float | int) else ""
+    return f"{timed}{best.value:.3f}x the recipe (#{best.number})"
+
+
 def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
-    """`trial 7 COMPLETE value 4.812 | acc 99.12 % in 4.81 s | best 4.512 (#3) | lr=0.0123 ...`"""
+    """`trial 7 COMPLETE value 0.962 | acc 99.12 % in 4.81 s | best 4.512 s, 0.93x the recipe (#3) | ...`"""
     attrs = trial.user_attrs
     parts = [f"trial {trial.number} {trial.state.name}"]
     if trial.state == TrialState.COMPLETE and trial.value is not None:
@@ -76,7 +83,7 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
     reason = attrs.get("fail_reason") or attrs.get("stopped")
     if reason:
         parts.append(str(reason))
-    parts.append(f"best {best.value:.3f} (#{best.number})" if best and best.value is not None
+    parts.append(f"best {best_words(best)}" if best and best.value is not None
                  else "best: none feasible yet")
     params = compact_params(trial.params)
     if attrs.get("baseline"):
@@ -101,7 +108,7 @@ class Summary:
 
     def add(self, trial: FrozenTrial) -> None:
         self.states[trial.state.name] += 1
-        if (trial.state == TrialState.COMPLETE and is_feasible(trial) and trial.value is not None
+        if (trial.state == TrialState.COMPLETE and is_crowned_trial(trial) and trial.value is not None
                 and (self.best_own is None or trial.value < (self.best_own.value or float("inf")))):
             self.best_own = trial
 
@@ -111,10 +118,10 @@ class Summary:
 
     def lines(self, stop_reason: str, study: optuna.Study, seconds: float) -> list[str]:
         counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(self.states.items()))
-        own = (f"; its best {self.best_own.value:.3f} (#{self.best_own.number})"
+        own = (f"; its best {best_words(self.best_own)}"
                if self.best_own is not None and self.best_own.value is not None else "")
         best = best_trial(study)
-        study_best = (f"study best {best.value:.3f} s: trial {best.number}, {compact_params(best.params)}"
+        study_best = (f"study best {best_words(best)}: {compact_params(best.params)}"
                       if best is not None and best.value is not None else "study best: none feasible yet")
         own += f"; {self.not_run} prefetched trial(s) not run, FAILED" if self.not_run else ""
         return [f"stopped: {stop_reason}",
@@ -133,7 +140,7 @@ class ProgressBar:
     def update(self, best: FrozenTrial | None) -> None:
         if self.bar is not None:
             if best is not None and best.value is not None:
-                self.bar.set_postfix_str(f"best {best.value:.3f} s (#{best.number})", refresh=False)
+                self.bar.set_postfix_str(f"best {best_words(best)}", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:

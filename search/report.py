@@ -2,9 +2,10 @@
 
     python -m search.report --storage sqlite:///optuna.db --study mnist_fast --out report.html
 
-Three figures: the optimization history, the parameter importances (Optuna 5's default
-PED-ANOVA), and accuracy against seconds with the target line and the seed-recipe baseline
-marked. plotly.js is embedded, so the page opens offline.
+The best crowned trial on each fingerprint (the table export's `per_fingerprint` holds), then three
+figures: the optimization history, the parameter importances (Optuna 5's default PED-ANOVA), and
+accuracy against seconds with the target line and the seed-recipe baseline marked. plotly.js is
+embedded, so the page opens offline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objective.cli import OneLineParser
 from objective.errors import UserError
-from search.export import accuracy_target, check_writable, write_atomic
+from search.export import accuracy_target, check_writable, per_fingerprint, write_atomic
 from studies.spec import validate_study_name
 from studies.storage import load_existing, resolve_url
 
@@ -58,8 +59,20 @@ def figures(study: optuna.Study) -> list[go.Figure]:
     return shown
 
 
+def winners_table(study: optuna.Study) -> str:
+    rows = per_fingerprint(study.get_trials(deepcopy=False))
+    if not rows:
+        return "<p>No crowned trial yet on any device.</p>"
+    cells = "".join(
+        f"<tr><td>{html.escape(row['fingerprint'])}</td><td>{row['trial']}</td>"
+        f"<td>{row['seconds']:.4f}</td><td>{100 * row['accuracy']:.3f} %</td><td>{row['value']:.4f}</td></tr>"
+        for row in rows)
+    return ("<h2>Best crowned trial per device</h2><table><tr><th>fingerprint</th><th>trial</th>"
+            f"<th>seconds</th><th>accuracy</th><th>time / recipe's</th></tr>{cells}</table>")
+
+
 def render(study: optuna.Study) -> str:
-    parts = []
+    parts = [winners_table(study)]
     for index, figure in enumerate(figures(study)):
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0))
     title = html.escape(f"Study {study.study_name}")

@@ -41,7 +41,7 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -317,18 +317,22 @@ def held_in_words(device: Device) -> str:
 
 
 def check_same_recipe(study: optuna.Study, spec: StudySpec, url: str) -> None:
-    """Trials are compared by their seconds, so every worker of a study must train the same base
-    recipe to the same target. A spec edited since the study was created would mix the two."""
+    """Trials are compared against the seed recipe by one set of rules, so every worker of a study
+    must train the same base recipe and judge it by the same [objective] (the bar, the seeds, the
+    margins, the penalty). A spec edited since the study was created would mix the two."""
     stored_base = study.user_attrs.get("base_config")
     if stored_base is not None and stored_base != spec.base.to_dict():
         differ = sorted(k for k in spec.base.to_dict() if stored_base.get(k) != getattr(spec.base, k))
         raise SpecError(f"study {study.study_name!r} in {mask(url)} was created with a different [train] "
                         f"section (differs in: {', '.join(differ) or 'keys'}); pass --study NEW_NAME "
                         "for the edited spec, or restore the spec")
-    stored_target = study.user_attrs.get("accuracy_target")
-    if stored_target is not None and stored_target != spec.objective.accuracy_target:
-        raise SpecError(f"study {study.study_name!r} in {mask(url)} targets accuracy {stored_target}, "
-                        f"the spec {spec.objective.accuracy_target}; pass --study NEW_NAME or fix the spec")
+    stored = study.user_attrs.get("objective")
+    wanted = asdict(spec.objective)
+    if stored is not None and stored != wanted:
+        differ = ", ".join(f"{key} {stored.get(key)} there, {value} here"
+                           for key, value in wanted.items() if stored.get(key) != value)
+        raise SpecError(f"study {study.study_name!r} in {mask(url)} judges trials by another [objective] "
+                        f"(differs in: {differ or 'keys'}); pass --study NEW_NAME or fix the spec")
 
 
 def search(worker: Worker, args: argparse.Namespace, signals: GracefulStop) -> int:

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -222,7 +223,8 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
     study.set_metric_names([METRIC_NAME])
     study.set_user_attr("spec", spec.source)
     study.set_user_attr("base_config", spec.base.to_dict())
-    study.set_user_attr("accuracy_target", spec.objective.accuracy_target)
+    study.set_user_attr("accuracy_target", spec.objective.accuracy_target)  # the dashboard shows it
+    study.set_user_attr("objective", asdict(spec.objective))  # the bar and every rule that judges a trial
     if note is not None:
         save_note(study, note)
     baseline, *starts = spec.start_params()

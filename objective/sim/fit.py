@@ -6,8 +6,8 @@ objective/sim/model.json, then prints what the fit explains and what it does not
   (reweighted), its strength chosen by leave-one-config-out cross-validation on the runs near the
   bar; the per-seed spread from the configs run on several seeds (the recipe's many seeds
   included); runs that learned nothing (one class) as a collapse rate past a learning rate;
-- the `cpu` profile: non-negative least squares of the seconds on `device.cost_features`, spikes
-  left out;
+- the `cpu` profile: non-negative least squares of the seconds on `device.cost_features` in
+  relative error, spikes left out; the reference script's seconds in the same session beside it;
 - clock noise: from the seed recipe's runs spread over the session (`fit_noise`).
 """
 
@@ -42,9 +42,12 @@ COST_TERMS = ("constant", "steps", "norm_steps", "macs", "activations")
 
 
 def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The training runs of a measurement (its reference-script rows left out)."""
     rows = []
     with path.open() as handle:
         for row in csv.DictReader(handle):
+            if row["kind"] == "reference":
+                continue
             params = {
                 key: row[key] for key in row if key in TrainConfig.__dataclass_fields__ and key != "seed"
             }
@@ -54,6 +57,13 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
             row["diverged"] = row["diverged"] == "1"
             rows.append(row)
     return rows
+
+
+def reference_seconds(path: Path) -> float:
+    """The reference script's median seconds over the measurement: the machine's speed then."""
+    with path.open() as handle:
+        return statistics.median(float(row["seconds"]) for row in csv.DictReader(handle)
+                                 if row["kind"] == "reference")
 
 
 def config_key(config: TrainConfig) -> str:
@@ -145,8 +155,9 @@ def fit_cpu(runs: list[dict[str, Any]], spiked: list[bool]) -> tuple[dict[str, f
     rows = [cost_features(r["config"]) for r in kept]
     a = np.array([[1.0, f["steps"], f["norm_steps"], f["macs"], f["activations"]] for f in rows])
     b = np.array([r["seconds"] for r in kept])
-    scale = a.max(axis=0)
-    solution, _ = nnls(a / scale, b)
+    weighted = a / b[:, None]  # relative errors: a fast config's 10 % counts as a slow one's
+    scale = weighted.max(axis=0)
+    solution, _ = nnls(weighted / scale, np.ones(len(b)))
     coef = solution / scale
     predicted = a @ coef
     errors = np.abs(predicted - b) / b
@@ -231,6 +242,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "recipe_mean_accuracy": statistics.fmean(recipe),
             "recipe_seeds": len(recipe),
+            "reference_seconds": reference_seconds(Path(args.runs)),
         },
         "accuracy": accuracy,
         "cpu": cpu,

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from objective.result import RunResult
-from objective.seeds import SeedRules, is_contender, mean_accuracy, median_seconds, stop_reason
+from objective.seeds import SeedRules, is_contender, is_crowned, mean_accuracy, median_seconds, stop_reason
 
 RULES = SeedRules(bar=0.9915, repeats=3, crown_seeds=10, accuracy_sd=0.0007, slower_margin=0.1)
 
@@ -105,6 +105,17 @@ def test_diverged_and_over_time_end_the_trial() -> None:
 def test_without_a_crown_guard_a_contender_stops_at_repeats() -> None:
     rules = SeedRules(bar=0.99, repeats=1, crown_seeds=1)
     assert stop_reason(runs((0.995, 1.0)), rules, to_beat=None) == "a contender after 1 seed"
+
+
+def test_only_a_trial_that_held_every_crown_seed_is_crowned() -> None:
+    good = [(0.9930, 2.0)] * 10
+    assert is_crowned(runs(*good), RULES, to_beat=3.0)
+    assert not is_crowned(runs(*good[:9]), RULES, to_beat=3.0)  # stopped before the guard's end
+    assert not is_crowned(runs(*good), RULES, to_beat=1.9)  # not faster than the best
+    assert not is_crowned(runs(*good[:9], (0.9000, 2.0)), RULES, to_beat=3.0)  # below the bar
+    assert not is_crowned(runs(*good, diverged=True), RULES, to_beat=3.0)
+    no_guard = SeedRules(bar=0.9915, repeats=3, crown_seeds=1)
+    assert is_crowned(runs(*good[:3]), no_guard, to_beat=None)  # a contender at repeats
 
 
 def test_mean_of_runs_exactly_on_the_bar_is_on_the_bar() -> None:

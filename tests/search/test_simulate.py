@@ -103,4 +103,35 @@ def test_a_simulated_worker_sleeps_in_real_time_and_export_reads_its_study(tmp_p
     if exported.returncode == 0:  # 4 trials may hold no feasible one; then export says so
         assert json.loads(out.read_text())["fingerprint"]["device"] == "simulated l4"
     else:
-        assert exported.stderr.startswith("error: no feasible trial")
+        assert exported.stderr.startswith("error: no crowned trial")
+
+
+def test_a_mixed_fleet_crowns_a_winner_on_each_device(tmp_path: Path) -> None:
+    """2 simulated H100s and 2 simulated L4s on one study, as two fleets (two machines): each
+    device is judged against its own recipe and best, so each gets a crowned winner (the refusal
+    for a device with none: tests/search/test_export.py)."""
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    spec = spec_file(tmp_path, minutes=2)
+    spec.write_text(spec.read_text().replace("crown_seeds = 20", "crown_seeds = 5"))
+    fleets = [
+        subprocess.Popen([sys.executable, "-m", "search.worker", "--no-progress", "--spec", str(spec),
+                          "--storage", url, "--simulate", profile, "--fast-forward", "--workers", "2",
+                          "--sampler-seed", str(seed)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed, profile in ((1, "h100"), (2, "l4"))
+    ]
+    for fleet in fleets:
+        _, stderr = fleet.communicate(timeout=300)
+        assert fleet.returncode == 0, stderr
+    trials = optuna.load_study(study_name="mnist_fast", storage=url).get_trials()
+    for device in ("simulated h100", "simulated l4"):
+        winner = choose(trials, device=device).trial
+        assert winner.user_attrs["fingerprint"]["device"] == device and winner.user_attrs["crowned"]
+        assert len(winner.user_attrs["accuracies"]) >= 5
+    exported = subprocess.run(
+        [sys.executable, "-m", "search.export", "--storage", url, "--study", "mnist_fast", "--out", "-"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    rows = json.loads(exported.stdout)["per_fingerprint"]
+    assert sorted(row["fingerprint"].split(" (")[0] for row in rows) == ["simulated h100", "simulated l4"]
+

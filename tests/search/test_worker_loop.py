@@ -199,6 +199,17 @@ def test_a_spec_edited_since_the_study_was_created_is_refused(study: optuna.Stud
         check_same_recipe(study, edited, "sqlite:///x.db")
 
 
+@pytest.mark.parametrize("change", [{"accuracy_margin": 0.002}, {"crown_seeds": 3}, {"repeats": 2},
+                                    {"slower_margin": 0.2}, {"accuracy_target": 0.98}])
+def test_a_worker_with_another_bar_is_refused(study: optuna.Study, spec: StudySpec,
+                                              change: dict[str, float]) -> None:
+    # a lower-bar worker's trials would compete in export with the study's
+    edited = dataclasses.replace(spec, objective=dataclasses.replace(spec.objective, **change))
+    (name,) = change
+    with pytest.raises(SpecError, match=rf"another \[objective\] \(differs in: {name} "):
+        check_same_recipe(study, edited, "sqlite:///x.db")
+
+
 def test_second_signal_raises_only_inside_an_interruptible_region() -> None:
     stop = GracefulStop()
     stop._handle(signal.SIGTERM, None)

@@ -56,9 +56,10 @@ def new_study(url: str, name: str = "demo", target: float = 0.99,
 def add_trial(study: optuna.Study, *, accuracy: float, seconds: float, lr: float = 0.01,
               fingerprint: dict[str, Any] | None = None, baseline: bool = False,
               value: float | None = None, record_config: bool = True, base: TrainConfig = SMOKE,
-              crowned: bool | None = None) -> int:
+              crowned: bool | None = None, claim: tuple[float, float] | None = None) -> int:
     """One trial as objective.Objective records it; `value` overrides the penalized value, `crowned`
-    whether it held the crown guard (default: when it reaches the target)."""
+    whether it held the crown guard (default: when it reaches the target), `claim` its claim seeds'
+    accuracy and seconds."""
     target = float(study.user_attrs["accuracy_target"])
     study.enqueue_trial({"lr": lr}, user_attrs={"baseline": True} if baseline else None)
     trial = study.ask()
@@ -73,6 +74,9 @@ def add_trial(study: optuna.Study, *, accuracy: float, seconds: float, lr: float
     trial.set_user_attr("fingerprint", fingerprint or CPU)
     trial.set_user_attr("vs_baseline", seconds / RECIPE_SECONDS)
     trial.set_user_attr("crowned", accuracy >= target if crowned is None else crowned)
+    if claim is not None:
+        trial.set_user_attr("claim_accuracy", claim[0])
+        trial.set_user_attr("claim_seconds", claim[1])
     trial.set_constraint("accuracy_points_short", 100 * (target - accuracy))
     if value is None:
         value = seconds if accuracy >= target else 120.0 + 100 * (target - accuracy)
@@ -252,7 +256,7 @@ def test_the_document_lists_the_best_crowned_trial_of_every_fingerprint(sqlite_u
     study = new_study(sqlite_url)
     cpu = add_trial(study, accuracy=0.991, seconds=2.0)
     add_trial(study, accuracy=0.991, seconds=2.5, lr=0.02)
-    gpu = add_trial(study, accuracy=0.992, seconds=0.5, lr=0.04, fingerprint=GPU)
+    gpu = add_trial(study, accuracy=0.992, seconds=0.5, lr=0.04, fingerprint=GPU, claim=(0.9915, 0.52))
     add_trial(study, accuracy=0.992, seconds=0.4, lr=0.05, fingerprint={**GPU, "device": "NVIDIA L4"},
               crowned=False)
     code, stdout, err = run_export("--storage", sqlite_url, "--study", "demo", "--out", "-")
@@ -260,6 +264,8 @@ def test_the_document_lists_the_best_crowned_trial_of_every_fingerprint(sqlite_u
     rows = json.loads(stdout)["per_fingerprint"]
     assert [(row["trial"], row["seconds"]) for row in rows] == [(cpu, 2.0), (gpu, 0.5)]
     assert GPU["device"] in rows[1]["fingerprint"]
+    assert (rows[1]["claim_accuracy"], rows[1]["claim_seconds"]) == (0.9915, 0.52)
+    assert "claim_accuracy" not in rows[0]
     code, _, err = run_export("--storage", sqlite_url, "--study", "demo", "--out", "-", "--fingerprint", "L4")
     assert code == 2 and "no crowned trial" in one_error_line(err) and "NVIDIA L4" in err
 

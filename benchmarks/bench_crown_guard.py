@@ -30,8 +30,8 @@ FRESH_SEEDS = 10
 
 
 def run(accuracy: float, index: int) -> RunResult:
-    return RunResult(seed=index, accuracy=accuracy, seconds=1.0, train_seconds=1.0, steps=1,
-                     diverged=False, over_time=False)
+    return RunResult(seed=index, accuracy=accuracy, holdout_accuracy=accuracy, seconds=1.0,
+                     train_seconds=1.0, steps=1, diverged=False, over_time=False)
 
 
 def one_search(rules: SeedRules, args: argparse.Namespace, rng: random.Random) -> tuple[float, float] | None:

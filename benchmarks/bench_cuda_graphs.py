@@ -49,7 +49,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for name, config in VARIANTS.items():
             run = train_once(config.replace(seed=seed), data)
-            runs[name].append((run.seconds, run.accuracy))
+            runs[name].append((run.seconds, run.test_accuracy))
     captures = []
     for beta1 in (0.71, 0.72, 0.73):
         config = TrainConfig(cuda_graphs=True, beta1=beta1)

@@ -105,6 +105,7 @@ class ZeroRun:
         return RunResult(
             seed=config.seed,
             accuracy=0.9925,
+            holdout_accuracy=0.9925,
             seconds=0.25,
             train_seconds=0.2,
             steps=235,

@@ -47,7 +47,7 @@ def main() -> None:
     for seed in range(first, last + 1):
         for name, changes in VARIANTS.items():
             result = train_once(TrainConfig(seed=seed).replace(**changes), data)
-            runs[name].append((result.seconds, result.accuracy))
+            runs[name].append((result.seconds, result.test_accuracy))
     if args.json:
         print(json.dumps(runs))
         return

@@ -13,7 +13,10 @@ from objective.config import TrainConfig
 @dataclass(frozen=True)
 class RunResult:
     seed: int
-    accuracy: float  # on all 10,000 test images
+    # The 10,000 test images in two halves (docs/search.md, "Held-out images"): the search judges
+    # by the even-indexed 5,000, and nothing selects on the odd-indexed 5,000, where the claim is.
+    accuracy: float  # on the selection half
+    holdout_accuracy: float  # on the held-out half
     seconds: float  # the timed span: model construction + training + evaluation
     train_seconds: float  # the training loop alone
     steps: int
@@ -21,8 +24,13 @@ class RunResult:
     over_time: bool  # the time limit stopped the run
     fingerprint: dict[str, str | int] = field(default_factory=dict)
 
+    @property
+    def test_accuracy(self) -> float:
+        """On all 10,000 test images (the halves are equal): the seed recipe's published figure's."""
+        return (self.accuracy + self.holdout_accuracy) / 2
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "test_accuracy": self.test_accuracy}
 
 
 # One timed run of a config under a time limit (seconds), on whatever device the caller holds.

@@ -2,7 +2,8 @@
 
     seconds  = (constant + per_step * steps + per_norm_step * steps * norm layers
                 + MACs / macs_per_second + activations / activations_per_second) * clock noise
-    accuracy = 1 - exp(f(config) + spread * z), z ~ N(0, 1) drawn from (config, seed)
+    accuracy = 1 - exp(f(config) + spread * z), z ~ N(0, 1) drawn from (config, seed), on all
+               10,000 test images, then split into the two halves' (`AccuracyModel.halves`)
 
 - `f` is a robust ridge regression of log(1 - accuracy) on features of the config (`features`),
   fitted by objective/sim/fit.py to real runs measured on this project's CPU
@@ -162,6 +163,14 @@ class AccuracyModel:
     collapse_lr: float
     collapse_rate: float
     collapse_accuracy: float
+    # The test images' two halves (objective/result.py), each its config's 10,000-image accuracy
+    # plus: a shift both halves share for every config (+ on the selection half, - on the held-out),
+    # the config's image luck on that half (drawn from the config alone, independent between the
+    # halves and between configs: an upper bound, since similar configs miss similar images) and
+    # the seed's (+ on one half, - on the other); fitted to runs scored on both (fit.py's fit_halves).
+    half_shift: float
+    half_config_sd: float
+    half_seed_sd: float
 
     def collapse_probability(self, config: TrainConfig) -> float:
         return self.collapse_rate if config.batch_norm == "none" and config.lr >= self.collapse_lr else 0.0
@@ -180,7 +189,7 @@ class AccuracyModel:
         return (1.0 - collapse) * learned + collapse * self.collapse_accuracy
 
     def accuracy(self, config: TrainConfig) -> float:
-        """One seed's accuracy: the same for the same config and seed, a multiple of 1e-4."""
+        """One seed's accuracy on all 10,000 test images: the same for the same config and seed."""
         draw = random.Random(_draw_key(config))
         z = draw.gauss(0.0, 1.0)
         if draw.random() < self.collapse_probability(config):
@@ -188,10 +197,26 @@ class AccuracyModel:
         error = min(0.9, math.exp(self.log_error(config) + self.spread * z))
         return round((1.0 - error) * TEST_IMAGES) / TEST_IMAGES
 
+    def halves(self, config: TrainConfig) -> tuple[float, float]:
+        """One seed's accuracy on the selection half and on the held-out half (the comment above),
+        each a whole number of the half's 5,000 images."""
+        test = self.accuracy(config)
+        by_config = random.Random(_draw_key(config, seeded=False))
+        luck = [by_config.gauss(0.0, self.half_config_sd) for _ in range(2)]
+        by_seed = random.Random(_draw_key(config) + 1).gauss(0.0, self.half_seed_sd)
+        selection = test + self.half_shift + luck[0] + by_seed
+        holdout = test - self.half_shift + luck[1] - by_seed
+        return _of_half(selection), _of_half(holdout)
 
-def _draw_key(config: TrainConfig) -> int:
+
+def _of_half(accuracy: float) -> float:
+    half = TEST_IMAGES // 2
+    return min(1.0, max(0.0, round(accuracy * half) / half))
+
+
+def _draw_key(config: TrainConfig, seeded: bool = True) -> int:
     fields = {key: value for key, value in config.to_dict().items() if key not in SPEED_ONLY}
-    text = json.dumps([fields, config.seed], sort_keys=True)
+    text = json.dumps([fields, config.seed] if seeded else fields, sort_keys=True)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
@@ -282,9 +307,11 @@ class SimulatedDevice:
             seconds = max(steps * per_step, math.nextafter(time_limit, math.inf))
         self.sleep(seconds)
         fixed = self.profile.constant * (seconds / true_seconds)
+        selection, holdout = self.accuracy.halves(config)
         return RunResult(
             seed=config.seed,
-            accuracy=self.accuracy.accuracy(config),
+            accuracy=selection,
+            holdout_accuracy=holdout,
             seconds=seconds,
             train_seconds=max(0.0, seconds - fixed),
             steps=steps,

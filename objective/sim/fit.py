@@ -31,6 +31,7 @@ from objective.config import TrainConfig
 from objective.sim.device import FEATURE_NAMES, HERE, MODEL_FILE, cost_features, features
 
 RUNS_FILE = HERE / "runs_cpu.csv"
+HALVES_FILE = HERE / "halves_cpu.csv"  # runs scored on both halves of the test images
 SPIKE = 1.3  # for the cost fit: a run this much slower than the others of its kind is left out
 SPIKE_SIGMAS = 3.0  # for the clock noise: a recipe run this many spreads above its neighbours is a spike
 LAGS = 5
@@ -52,8 +53,10 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
                 key: row[key] for key in row if key in TrainConfig.__dataclass_fields__ and key != "seed"
             }
             row["config"] = TrainConfig().replace(**params, seed=int(row["seed"]))
-            for key in ("accuracy", "seconds", "train_seconds", "started_at"):
+            for key in ("test_accuracy", "seconds", "train_seconds", "started_at"):
                 row[key] = float(row[key])
+            for key in ("accuracy", "holdout_accuracy"):  # the halves, where the file has them
+                row[key] = float(row[key]) if row.get(key) else None
             row["diverged"] = row["diverged"] == "1"
             rows.append(row)
     return rows
@@ -84,16 +87,16 @@ def robust_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, np.
 
 
 def fit_accuracy(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    collapsed = [r for r in runs if r["accuracy"] < COLLAPSED]
-    usable = [r for r in runs if not r["diverged"] and r["accuracy"] >= COLLAPSED]
+    collapsed = [r for r in runs if r["test_accuracy"] < COLLAPSED]
+    usable = [r for r in runs if not r["diverged"] and r["test_accuracy"] >= COLLAPSED]
     raw = np.array([features(r["config"]) for r in usable])
     means, scales = raw.mean(axis=0), raw.std(axis=0)
     scales[scales == 0] = 1.0
     x = (raw - means) / scales
-    y = np.log(1.0 - np.array([r["accuracy"] for r in usable]))
+    y = np.log(1.0 - np.array([r["test_accuracy"] for r in usable]))
     groups = [config_key(r["config"]) for r in usable]
     keys = sorted(set(groups))
-    near_bar = np.array([r["accuracy"] >= NEAR_BAR for r in usable])
+    near_bar = np.array([r["test_accuracy"] >= NEAR_BAR for r in usable])
     cv: dict[float, float] = {}
     for alpha in ALPHAS:  # leave one config out; judged where the search lives, near the bar
         errors = np.zeros(len(y))
@@ -115,7 +118,8 @@ def fit_accuracy(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     model = {"intercept": intercept, "coefficients": beta.tolist(), "means": means.tolist(),
              "scales": scales.tolist(), "spread": spread, "floor": float(0.8 * np.exp(y.min())),
              "collapse_lr": collapse_lr, "collapse_rate": len(collapsed) / max(1, len(exposed)),
-             "collapse_accuracy": statistics.median(r["accuracy"] for r in collapsed) if collapsed else 0.1}
+             "collapse_accuracy": (statistics.median(r["test_accuracy"] for r in collapsed)
+                                   if collapsed else 0.1)}
     residual = y - intercept - x @ beta
     recipe = np.array([r["kind"] == "recipe" for r in usable])
     report = {"runs": len(usable), "configs": len(keys), "collapsed": len(collapsed),
@@ -127,6 +131,33 @@ def fit_accuracy(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
               "configs_on_several_seeds": sum(len(v) > 1 for v in by_config.values()),
               "coefficients": dict(zip(FEATURE_NAMES, [round(float(b), 4) for b in beta], strict=True))}
     return model, report
+
+
+def fit_halves(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """How the selection half's accuracy differs from the held-out half's (the model in
+    device.AccuracyModel): `d` = selection minus held-out = 2 shift + luck(config, selection half)
+    - luck(config, held-out half) + 2 luck(config, seed). The shift is the mean of `d` / 2; the
+    seed's luck, the spread of `d` within a config / 2; the config's on one half, what is left of
+    the variance of the configs' mean `d` once their seeds' share is taken out, / 2, as a root."""
+    usable = [r for r in runs if r["holdout_accuracy"] is not None and r["test_accuracy"] >= COLLAPSED]
+    by_config: dict[str, list[float]] = defaultdict(list)
+    for r in usable:
+        by_config[config_key(r["config"])].append(r["accuracy"] - r["holdout_accuracy"])
+    several = [ds for ds in by_config.values() if len(ds) > 1]
+    within = (sum((d - statistics.fmean(ds)) ** 2 for ds in several for d in ds)
+              / sum(len(ds) - 1 for ds in several))
+    means = [statistics.fmean(ds) for ds in several]
+    per_config = statistics.variance(means) - within * statistics.fmean(1 / len(ds) for ds in several)
+    halves = {"half_shift": statistics.fmean(means) / 2,
+              "half_config_sd": math.sqrt(max(0.0, per_config) / 2),
+              "half_seed_sd": math.sqrt(within) / 2}
+    recipe = [r for r in usable if r["kind"] == "recipe"]
+    report = {"runs": len(usable), "configs": len(several),
+              "recipe_seeds": len(recipe),
+              "recipe_selection_minus_holdout_points": 100 * statistics.fmean(
+                  r["accuracy"] - r["holdout_accuracy"] for r in recipe),
+              "config_mean_d_variance": statistics.variance(means), "within_d_variance": within}
+    return halves, report
 
 
 def spikes(runs: list[dict[str, Any]]) -> list[bool]:
@@ -223,6 +254,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", default=str(RUNS_FILE))
+    parser.add_argument("--halves", default=str(HALVES_FILE))
     parser.add_argument("--out", default=str(MODEL_FILE))
     args = parser.parse_args()
     runs = read_runs(Path(args.runs))
@@ -230,7 +262,8 @@ def main() -> None:
     accuracy, accuracy_report = fit_accuracy(runs)
     cpu, cpu_report = fit_cpu(runs, spiked)
     noise, noise_report = fit_noise(runs)
-    recipe = [r["accuracy"] for r in runs if r["kind"] == "recipe"]
+    halves, halves_report = fit_halves(read_runs(Path(args.halves)))
+    recipe = [r["test_accuracy"] for r in runs if r["kind"] == "recipe"]
     document = {
         "fitted_on": {
             "cpu": runs[0]["cpu"],
@@ -244,10 +277,11 @@ def main() -> None:
             "recipe_seeds": len(recipe),
             "reference_seconds": reference_seconds(Path(args.runs)),
         },
-        "accuracy": accuracy,
+        "accuracy": {**accuracy, **halves},
         "cpu": cpu,
         "noise": noise,
-        "report": {"accuracy": accuracy_report, "cpu": cpu_report, "noise": noise_report},
+        "report": {"accuracy": accuracy_report, "halves": halves_report, "cpu": cpu_report,
+                   "noise": noise_report},
     }
     Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
     print(json.dumps(document["report"], indent=1))

@@ -14,11 +14,13 @@ RULES = SeedRules(bar=0.9915, repeats=3, crown_seeds=10, accuracy_sd=0.0007, slo
 
 def runs(*pairs: tuple[float, float], diverged: bool = False, over_time: bool = False) -> list[RunResult]:
     """(accuracy, seconds) per seed; the flags apply to the last one."""
-    out = [RunResult(seed=index, accuracy=accuracy, seconds=seconds, train_seconds=seconds, steps=1,
-                     diverged=False, over_time=False) for index, (accuracy, seconds) in enumerate(pairs)]
+    out = [RunResult(seed=index, accuracy=accuracy, holdout_accuracy=accuracy, seconds=seconds,
+                     train_seconds=seconds, steps=1, diverged=False, over_time=False)
+           for index, (accuracy, seconds) in enumerate(pairs)]
     last = out[-1]
-    out[-1] = RunResult(seed=last.seed, accuracy=last.accuracy, seconds=last.seconds,
-                        train_seconds=last.seconds, steps=1, diverged=diverged, over_time=over_time)
+    out[-1] = RunResult(seed=last.seed, accuracy=last.accuracy, holdout_accuracy=last.accuracy,
+                        seconds=last.seconds, train_seconds=last.seconds, steps=1, diverged=diverged,
+                        over_time=over_time)
     return out
 
 

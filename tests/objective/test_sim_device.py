@@ -58,12 +58,31 @@ def test_one_seed_always_gives_one_accuracy_and_a_fresh_seed_a_fresh_draw() -> N
 
 def test_accuracies_spread_about_the_true_mean_as_measured() -> None:
     model = load_accuracy_model()
-    sim, _ = device()
-    accuracies = [sim.run(RECIPE.replace(seed=seed)).accuracy for seed in range(2000)]
+    accuracies = [model.accuracy(RECIPE.replace(seed=seed)) for seed in range(2000)]  # all 10,000 images
     assert statistics.fmean(accuracies) == pytest.approx(model.true_accuracy(RECIPE), abs=0.0002)
     fitted = json.loads(MODEL_FILE.read_text())["accuracy"]["spread"]
     error = 1 - model.true_accuracy(RECIPE)
     assert statistics.stdev(accuracies) == pytest.approx(fitted * error, rel=0.15)
+
+
+def test_the_halves_split_one_draw_with_the_measured_shift_and_luck() -> None:
+    model = load_accuracy_model()
+    sim, _ = device()
+    runs = [(sim.run(RECIPE.replace(seed=seed)), model.accuracy(RECIPE.replace(seed=seed)))
+            for seed in range(2000)]
+    # a seed's halves average to its 10,000-image draw, up to the config's own image luck
+    offsets = [run.test_accuracy - drawn for run, drawn in runs]
+    assert max(offsets) - min(offsets) <= 2 / 5000 + 1e-12
+    assert abs(statistics.fmean(offsets)) <= 4 * model.half_config_sd
+    assert all(round(run.holdout_accuracy * 5000) == pytest.approx(run.holdout_accuracy * 5000)
+               for run, _ in runs)
+    # selection minus held-out: within one config, the seed's luck on each half
+    differences = [run.accuracy - run.holdout_accuracy for run, _ in runs]
+    assert statistics.stdev(differences) == pytest.approx(2 * model.half_seed_sd, rel=0.15)
+    # over many configs, the config's luck averages out and the shift both halves share is left
+    configs = [RECIPE.replace(lr=0.005 + 0.00002 * k) for k in range(400)]
+    shifts = [(run.accuracy - run.holdout_accuracy) / 2 for run in map(sim.run, configs)]
+    assert statistics.fmean(shifts) == pytest.approx(model.half_shift, abs=0.0001)
 
 
 def test_a_run_sleeps_the_seconds_it_reports() -> None:

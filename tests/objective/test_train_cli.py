@@ -120,8 +120,10 @@ def test_main_json_output(synthetic_cli: list[tuple[object, ...]], tmp_path: Pat
     assert summary["device"] == "cpu"
     assert [run["seed"] for run in summary["runs"]] == [0, 1]
     assert all(run["steps"] == 8 for run in summary["runs"])
-    accuracies = [run["accuracy"] for run in summary["runs"]]
+    accuracies = [run["test_accuracy"] for run in summary["runs"]]  # all test images, as the reference's
     assert summary["mean_accuracy"] == pytest.approx(sum(accuracies) / 2)
+    assert all(run["test_accuracy"] == pytest.approx((run["accuracy"] + run["holdout_accuracy"]) / 2)
+               for run in summary["runs"])
     seconds = sorted(run["seconds"] for run in summary["runs"])
     assert summary["median_seconds"] == pytest.approx(sum(seconds) / 2)
     assert summary["config"]["batch_size"] == 64

@@ -27,7 +27,8 @@ FAST = TrainConfig(batch_size=64, eval_batch=100, conv1_width=8, conv2_width=16,
 
 def _comparable(result: RunResult) -> tuple[object, ...]:
     """Everything a run computes, without its timings."""
-    return result.seed, result.accuracy, result.steps, result.diverged, result.over_time
+    return (result.seed, result.accuracy, result.holdout_accuracy, result.steps, result.diverged,
+            result.over_time)
 
 
 def _poisoned(data: Mnist, rows: slice | list[int]) -> Mnist:
@@ -95,11 +96,26 @@ def test_bf16_auto_is_on_only_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch,
     assert train_once(FAST, synthetic_mnist).fingerprint["bf16_autocast"] is False  # as it ran
 
 
+def test_the_halves_are_the_even_and_the_odd_test_images(synthetic_mnist: Mnist) -> None:
+    # the odd-indexed test images relabelled wrong: a run that learned the classes scores them
+    # near 0 and the even-indexed ones well, however the eval batches fall (63 is odd)
+    labels = synthetic_mnist.test_labels.clone()
+    labels[1::2] = (labels[1::2] + 1) % 10
+    data = Mnist(synthetic_mnist.train_images, synthetic_mnist.train_labels, synthetic_mnist.test_images,
+                 labels)
+    learned = TrainConfig(batch_size=64, eval_batch=63, epochs=3.0)
+    result = train_once(learned, data)
+    assert result.accuracy >= 0.8 and result.holdout_accuracy <= 0.2
+    assert result.test_accuracy == pytest.approx((result.accuracy + result.holdout_accuracy) / 2)
+    again = train_once(learned.replace(eval_batch=200), data)
+    assert (again.accuracy, again.holdout_accuracy) == (result.accuracy, result.holdout_accuracy)
+
+
 def test_eval_batch_that_does_not_divide_the_test_set(synthetic_mnist: Mnist) -> None:
     # 200 test images in batches of 64 -> 64, 64, 64, 8: all must be scored, none twice
     a = train_once(FAST.replace(eval_batch=64), synthetic_mnist)
     b = train_once(FAST.replace(eval_batch=200), synthetic_mnist)
-    assert a.accuracy == b.accuracy
+    assert (a.accuracy, a.holdout_accuracy) == (b.accuracy, b.holdout_accuracy)
 
 
 def test_subset_and_fractional_epochs(synthetic_mnist: Mnist) -> None:

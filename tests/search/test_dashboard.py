@@ -147,8 +147,9 @@ def test_dashboard_serves_a_study_the_objective_wrote(tmp_path: Path) -> None:
 
     def train(config: TrainConfig, time_limit: float) -> RunResult:
         accuracy, seconds = next(runs)
-        return RunResult(seed=config.seed, accuracy=accuracy, seconds=seconds, train_seconds=seconds,
-                         steps=1, diverged=False, over_time=False, fingerprint={"device": "test cpu"})
+        return RunResult(seed=config.seed, accuracy=accuracy, holdout_accuracy=accuracy, seconds=seconds,
+                         train_seconds=seconds, steps=1, diverged=False, over_time=False,
+                         fingerprint={"device": "test cpu"})
 
     objective = Objective(spec.space, spec.base, spec.objective, train, set_constraints=set_constraints)
     objective.measure_baseline()

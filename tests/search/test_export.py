@@ -257,7 +257,8 @@ def test_the_document_lists_the_best_crowned_trial_of_every_fingerprint(sqlite_u
     study = new_study(sqlite_url)
     cpu = add_trial(study, accuracy=0.991, seconds=2.0)
     add_trial(study, accuracy=0.991, seconds=2.5, lr=0.02)
-    gpu = add_trial(study, accuracy=0.992, seconds=0.5, lr=0.04, fingerprint=GPU, claim=(0.9915, 0.9918, 0.52))
+    gpu = add_trial(study, accuracy=0.992, seconds=0.5, lr=0.04, fingerprint=GPU,
+                    claim=(0.9915, 0.9918, 0.52))
     add_trial(study, accuracy=0.992, seconds=0.4, lr=0.05, fingerprint={**GPU, "device": "NVIDIA L4"},
               crowned=False)
     code, stdout, err = run_export("--storage", sqlite_url, "--study", "demo", "--out", "-")

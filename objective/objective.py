@@ -76,6 +76,8 @@ class ObjectiveSettings:
     claim_seeds: int = 0
     accuracy_sd: float = 0.0007  # one seed's accuracy spread, for "clearly infeasible"
     slower_margin: float = 0.1  # "clearly slower than the best": the clock's noise, and then some
+    slower_runs: int = 1  # ... on each of this many last runs, so that one spike decides nothing,
+    slower_margin_one_run: float = math.inf  # ... unless one run is past it by more than this
     # Runs of the seed recipe whose median is the yardstick: the time to beat carries its noise,
     # and one noisy run threw truly faster configs away as "clearly slower" (docs/search.md).
     yardstick_seeds: int = 1
@@ -89,7 +91,8 @@ class ObjectiveSettings:
 
     def seed_rules(self) -> SeedRules:
         return SeedRules(bar=self.required_accuracy, repeats=self.repeats, crown_seeds=self.crown_seeds,
-                         accuracy_sd=self.accuracy_sd, slower_margin=self.slower_margin)
+                         accuracy_sd=self.accuracy_sd, slower_margin=self.slower_margin,
+                         slower_runs=self.slower_runs, slower_margin_one_run=self.slower_margin_one_run)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.accuracy_target <= 1.0:
@@ -101,12 +104,16 @@ class ObjectiveSettings:
                      "accuracy_sd"):
             if not 0.0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
-        if self.repeats < 1 or self.crown_seeds < 1 or self.yardstick_seeds < 1 or self.claim_seeds < 0:
-            raise ValueError(f"repeats, crown_seeds and yardstick_seeds must be >= 1 and claim_seeds "
-                             f">= 0, got {self.repeats}, {self.crown_seeds}, {self.yardstick_seeds} "
-                             f"and {self.claim_seeds}")
+        counts = (self.repeats, self.crown_seeds, self.yardstick_seeds, self.slower_runs)
+        if min(counts) < 1 or self.claim_seeds < 0:
+            raise ValueError(f"repeats, crown_seeds, yardstick_seeds and slower_runs must be >= 1 and "
+                             f"claim_seeds >= 0, got {self.repeats}, {self.crown_seeds}, "
+                             f"{self.yardstick_seeds}, {self.slower_runs} and {self.claim_seeds}")
         if not 0.0 <= self.slower_margin < math.inf:
             raise ValueError(f"slower_margin must be >= 0 and finite, got {self.slower_margin}")
+        if not self.slower_margin <= self.slower_margin_one_run:
+            raise ValueError(f"slower_margin_one_run must be >= slower_margin, "
+                             f"got {self.slower_margin_one_run}")
 
 
 def penalized_value(accuracy: float, ratio: float, settings: ObjectiveSettings) -> float:

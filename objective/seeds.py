@@ -5,7 +5,9 @@ After each seed, with k seeds run, mean accuracy `acc` and median seconds `secs`
 2. clearly infeasible: even `acc + z * accuracy_sd / sqrt(k)` is below the bar (the accuracy the
    study asks for): more seeds would not lift it there;
 3. clearly slower: `secs` is past the time to beat by more than `slower_margin` (the clock's
-   noise, docs/search.md): more seeds would not make it the answer;
+   noise, docs/search.md), and so is each of the last `slower_runs` runs, or the last run alone
+   by more than `slower_margin_one_run`: more seeds would not make it the answer. One run within
+   the clock's noise and its spikes of the line decides nothing; one far past it does;
 4. below `repeats` seeds, go on; at `repeats`, a trial that is feasible (`acc` >= bar) and faster
    than the time to beat is a contender for the crown, every other trial is decided;
 5. the crown guard, a sequential test: a contender runs on to `crown_seeds` seeds, stopped
@@ -46,6 +48,8 @@ class SeedRules:
     crown_seeds: int = 1  # seeds a contender must hold the bar and its speed on
     accuracy_sd: float = 0.0007  # one seed's accuracy spread (0.07 points, measured: docs/search.md)
     slower_margin: float = 0.1  # "clearly slower" than the best: by more than this fraction
+    slower_runs: int = 1  # ... and so are this many last runs, each,
+    slower_margin_one_run: float = math.inf  # ... or the last one alone by more than this
 
 
 def mean_accuracy(runs: Sequence[RunResult]) -> float:
@@ -70,7 +74,7 @@ def stop_reason(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | No
     if accuracy + CLEARLY * rules.accuracy_sd / math.sqrt(k) < rules.bar:
         return (f"clearly infeasible after {_seeds(k)}: mean {100 * accuracy:.3f} % "
                 f"against {100 * rules.bar:.2f} %")
-    if to_beat is not None and seconds > to_beat * (1.0 + rules.slower_margin):
+    if is_clearly_slower(runs, rules, to_beat):
         return f"clearly slower after {_seeds(k)}: {seconds:.3f} s against {to_beat:.3f} s to beat"
     if k < rules.repeats:
         return None
@@ -84,6 +88,17 @@ def stop_reason(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | No
     if contender:
         return f"crowned: held the bar and its speed over {_seeds(k)}"
     return f"lost the crown guard after {_seeds(k)}"
+
+
+def is_clearly_slower(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | None) -> bool:
+    """Rule 3 of the module docstring."""
+    line = math.inf if to_beat is None else to_beat * (1.0 + rules.slower_margin)
+    if median_seconds(runs) <= line:
+        return False
+    assert to_beat is not None
+    if runs[-1].seconds > to_beat * (1.0 + rules.slower_margin_one_run):
+        return True
+    return len(runs) >= rules.slower_runs and min(run.seconds for run in runs[-rules.slower_runs:]) > line
 
 
 def is_contender(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | None) -> bool:

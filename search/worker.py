@@ -41,6 +41,7 @@ import os
 import socket
 import sys
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,11 @@ def default_spec() -> str:
 
 
 def default_sampler_seed(spec: StudySpec) -> int | None:
-    # Workers started together would otherwise draw the same random startup points.
-    return None if spec.sampler_seed is None else (spec.sampler_seed + os.getpid()) % 2**32
+    # Workers started together would otherwise draw the same random startup points. The host name
+    # as well as the pid: in a container every worker is pid 1, while its host name is its own.
+    if spec.sampler_seed is None:
+        return None
+    return (spec.sampler_seed + zlib.crc32(f"{socket.gethostname()} {os.getpid()}".encode())) % 2**32
 
 
 def check_args(args: argparse.Namespace) -> tuple[StudySpec, str, str]:

@@ -4,6 +4,8 @@ verified)."""
 
 from __future__ import annotations
 
+import math
+
 from studies.spec import StudySpec
 
 
@@ -33,7 +35,10 @@ def study_note(spec: StudySpec, baseline_seconds: float | None, device: str) -> 
         f"{rules.max_penalty_points:g} points), so it sits above every feasible trial.",
         "",
         f"**Seeds**: a trial runs up to {rules.repeats} seeds, one at a time, and stops early once "
-        f"clearly infeasible or more than {100 * rules.slower_margin:g} % slower than its device's best.",
+        f"clearly infeasible, or more than {100 * rules.slower_margin:g} % slower than its device's best "
+        f"(its median, and each of its last {rules.slower_runs} run(s)"
+        + (f", or its last run alone by more than {100 * rules.slower_margin_one_run:g} %)."
+           if math.isfinite(rules.slower_margin_one_run) else ")."),
         f"**Crown guard**: a trial becomes its device's best (`crowned`) only after holding the bar and "
         f"its speed on {rules.crown_seeds} seeds. "
         + (f"It then runs {rules.claim_seeds} seeds that decide nothing: its claim (`claim_accuracy`, "

@@ -4,7 +4,7 @@
                  budget from the study's creation); a worker stops at whichever comes first
     [objective]  accuracy_target, accuracy_margin, time_limit, limit_vs_baseline,
                  penalty_per_point, max_penalty_points, repeats, crown_seeds, claim_seeds, accuracy_sd,
-                 slower_margin, yardstick_seeds, yardstick_at_crown (objective/objective.py and
+                 slower_margin, slower_runs, yardstick_seeds, yardstick_at_crown (objective/objective.py and
                  objective/seeds.py say what each does)
     [train]      fixed TrainConfig fields (epochs, train_subset, ...); the rest keep the seed's values
     [sampler]    name = "tpe" | "random" | "gp" | "cmaes" | "qmc", seed, history (at most this many
@@ -158,7 +158,7 @@ def _objective(section: Mapping[str, Any]) -> ObjectiveSettings:
     _only(section, {f.name for f in fields(ObjectiveSettings)}, "[objective]")
     values: dict[str, Any] = {}
     for key, value in section.items():
-        if key in ("repeats", "crown_seeds", "claim_seeds", "yardstick_seeds"):
+        if key in ("repeats", "crown_seeds", "claim_seeds", "yardstick_seeds", "slower_runs"):
             values[key] = _integer(value, f"[objective] {key}", minimum=0 if key == "claim_seeds" else 1)
         elif key == "yardstick_at_crown":
             if not isinstance(value, bool):

@@ -157,7 +157,7 @@ def test_one_ceiling_whatever_the_yardsticks_did() -> None:
     {"accuracy_target": 0.0}, {"accuracy_target": 1.5}, {"time_limit": 0.0}, {"time_limit": -1.0},
     {"time_limit": math.inf}, {"penalty_per_point": 0.0}, {"max_penalty_points": 0.0},
     {"limit_vs_baseline": 0.0}, {"accuracy_sd": 0.0}, {"repeats": 0}, {"crown_seeds": 0}, {"claim_seeds": -1},
-    {"slower_margin": -0.1},
+    {"slower_margin": -0.1}, {"slower_runs": 0}, {"slower_margin": 0.2, "slower_margin_one_run": 0.1},
 ])
 def test_settings_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

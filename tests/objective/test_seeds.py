@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -44,6 +45,24 @@ def test_the_bound_tightens_with_each_seed() -> None:
 def test_clearly_slower_than_the_best_stops_after_one_seed() -> None:
     reason = stop_reason(runs((0.9950, 3.4)), RULES, to_beat=3.0)
     assert reason.startswith("clearly slower after 1 seed")
+
+
+def test_with_two_slower_runs_one_noisy_run_throws_nothing_away() -> None:
+    rules = dataclasses.replace(RULES, slower_runs=2)
+    spiked = (0.9950, 6.0)  # a spike of the clock: twice the time to beat
+    assert stop_reason(runs(spiked), rules, to_beat=3.0) is None
+    assert stop_reason(runs(spiked, (0.9950, 2.9)), rules, to_beat=3.0) is None  # its median is past
+    assert stop_reason(runs(spiked, (0.9950, 3.5)), rules, to_beat=3.0).startswith(
+        "clearly slower after 2 seeds")
+    # slow, fast, slow: the median is past the line but not both last runs, so repeats decide it
+    assert stop_reason(runs((0.9950, 3.5), (0.9950, 2.9), (0.9950, 3.6)), rules, to_beat=3.0) == (
+        "decided after 3 seeds")
+
+
+def test_one_run_far_past_the_line_is_clearly_slower_on_its_own() -> None:
+    rules = dataclasses.replace(RULES, slower_runs=2, slower_margin_one_run=0.5)
+    assert stop_reason(runs((0.9950, 4.4)), rules, to_beat=3.0) is None  # 47 % slower: run another
+    assert stop_reason(runs((0.9950, 4.6)), rules, to_beat=3.0).startswith("clearly slower after 1 seed")
 
 
 def test_within_the_noise_margin_of_the_best_goes_on() -> None:

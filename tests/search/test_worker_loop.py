@@ -26,7 +26,7 @@ from search.heartbeat import Heartbeat
 from search.loop import MAX_FAILURES_IN_A_ROW
 from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop, WorkerInterrupted
-from search.worker import Worker, check_same_recipe, search
+from search.worker import Worker, check_same_recipe, default_sampler_seed, search
 from studies.spec import SpecError, StudySpec, load_spec
 from studies.storage import create_or_load, open_storage
 from tests.search.workers import SMOKE, StandIn
@@ -200,7 +200,8 @@ def test_a_spec_edited_since_the_study_was_created_is_refused(study: optuna.Stud
 
 
 @pytest.mark.parametrize("change", [{"accuracy_margin": 0.002}, {"crown_seeds": 3}, {"repeats": 2},
-                                    {"slower_margin": 0.2}, {"accuracy_target": 0.98}])
+                                    {"slower_margin": 0.2}, {"slower_runs": 2},
+                                    {"slower_margin_one_run": 0.7}, {"accuracy_target": 0.98}])
 def test_a_worker_with_another_bar_is_refused(study: optuna.Study, spec: StudySpec,
                                               change: dict[str, float]) -> None:
     # a lower-bar worker's trials would compete in export with the study's
@@ -277,3 +278,14 @@ def test_prefetch_gives_up_on_an_objective_that_always_fails(study: optuna.Study
     ran = [t for t in trials if t.user_attrs["fail_reason"] == "ValueError: broken"]
     assert MAX_FAILURES_IN_A_ROW <= len(ran) <= MAX_FAILURES_IN_A_ROW + 1
     assert len(trials) - len(ran) <= 1
+
+
+def test_workers_in_containers_draw_their_own_sampler_seeds(spec: StudySpec,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # every container's worker is pid 1; its host name is what tells replicas apart
+    monkeypatch.setattr("os.getpid", lambda: 1)
+    seeds = set()
+    for host in ("worker-0", "worker-1", "worker-2"):
+        monkeypatch.setattr("socket.gethostname", lambda host=host: host)
+        seeds.add(default_sampler_seed(dataclasses.replace(spec, sampler_seed=0)))
+    assert len(seeds) == 3

@@ -98,6 +98,17 @@ class ServerCPU:
         return spent / TICKS
 
 
+def start_worker(spec_path: Path, url: str, profile: str, seconds: float, index: int,
+                 **popen: Any) -> subprocess.Popen[str]:
+    """One `python -m search.worker --simulate PROFILE` of a fleet, default flags, its own sampler
+    seed; its output piped unless `popen` says otherwise."""
+    command = [sys.executable, "-m", "search.worker", "--spec", str(spec_path), "--storage", url,
+               "--simulate", profile, "--timeout", str(seconds), "--sampler-seed", str(100 + index),
+               "--no-progress"]
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(command, cwd=ROOT, text=True, **popen)
+
+
 def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
               source: list[optuna.trial.FrozenTrial], kind: str) -> dict[str, Any]:
     name, url = fresh_postgres()
@@ -111,31 +122,7 @@ def run_fleet(workers: int, seconds: float, profile: str, spec_path: Path,
             storage.remove_session()
         prefilled = len(source)
         server = ServerCPU()
-        processes = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "search.worker",
-                    "--spec",
-                    str(spec_path),
-                    "--storage",
-                    url,
-                    "--simulate",
-                    profile,
-                    "--timeout",
-                    str(seconds),
-                    "--sampler-seed",
-                    str(100 + index),
-                    "--no-progress",
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for index in range(workers)
-        ]
+        processes = [start_worker(spec_path, url, profile, seconds, index) for index in range(workers)]
         rows = []
         for process in processes:
             stdout, stderr = process.communicate()

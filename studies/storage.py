@@ -10,6 +10,9 @@ existing study opened for reading (export, report) without creating anything.
 - Postgres/MySQL: pre-ping on checkout (a restarted server costs a reconnect, not a trial) and a
   connect timeout, so an unreachable host is an answer within seconds, not a hang; on Postgres,
   TCP keepalives and a TCP user timeout end a connection cut off mid-call within seconds too.
+- Through a transaction pooler (PgBouncer's pool_mode = transaction): `?prepare_threshold=none` on
+  a postgresql+psycopg or postgresql+journal URL turns off psycopg's prepared statements, which
+  such a pooler breaks (docs/cluster.md, "The connection budget").
 - Heartbeats: a worker that dies mid-trial leaves a trial that turns FAILED after the grace period
   and is re-enqueued by RetryHeartbeatStaleTrialCallback (at most MAX_RETRY times). The worker's
   --heartbeat-interval and --grace-period change the defaults below; give every worker of a study
@@ -58,6 +61,12 @@ SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 # tests/search/test_partition.py cuts one.
 LIBPQ_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
                     "tcp_user_timeout": CONNECT_TIMEOUT * 1000}
+# psycopg prepares a statement on the server from its 5th execution on a connection. A transaction
+# pooler runs each transaction on whichever server connection is free, where that statement does not
+# exist (PgBouncer 1.21+ can track them, `max_prepared_statements`; Debian 12 ships 1.18). psycopg's
+# own option, `prepare_threshold`, in the URL's query says so: `none` never prepares. libpq knows no
+# such parameter and SQLAlchemy would hand psycopg the text, so it is read here and passed typed.
+PREPARE_THRESHOLD = "prepare_threshold"
 
 
 class StorageError(UserError):
@@ -94,24 +103,46 @@ def parse_url(url: str) -> URL:
             f"storage URL {mask(url)!r} is not a database URL "
             "(expected e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db)"
         ) from None
-    if parsed.drivername == JOURNAL:
-        return parsed
-    try:
-        parsed.get_dialect()
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise StorageError(f"storage URL {mask(url)!r} names an unknown database {parsed.drivername!r}; "
-                           "use sqlite, postgresql+psycopg, {JOURNAL} or mysql+pymysql") from None
+    if parsed.drivername != JOURNAL:
+        try:
+            parsed.get_dialect()
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise StorageError(f"storage URL {mask(url)!r} names an unknown database {parsed.drivername!r}; "
+                               f"use sqlite, postgresql+psycopg, {JOURNAL} or mysql+pymysql") from None
+    psycopg_options(parsed)  # a bad prepare_threshold is bad input, said before anything starts
     return parsed
+
+
+def psycopg_options(url: URL) -> dict[str, Any]:
+    """psycopg's connection options from the URL's query that libpq does not take:
+    `prepare_threshold` (`none`, or a whole number >= 0), typed as psycopg.connect wants it."""
+    if url.get_driver_name() not in ("psycopg", "journal") or PREPARE_THRESHOLD not in url.query:
+        return {}
+    text = url.query[PREPARE_THRESHOLD]
+    text = text[-1] if isinstance(text, tuple) else text  # given twice: the last one, as libpq does
+    if text.lower() == "none":
+        return {PREPARE_THRESHOLD: None}
+    if not text.isdigit():
+        raise StorageError(f"storage URL {url.render_as_string(hide_password=True)!r}: "
+                           f"{PREPARE_THRESHOLD} must be none (through a transaction pooler such as "
+                           f"PgBouncer) or a whole number, not {text!r}")
+    return {PREPARE_THRESHOLD: int(text)}
 
 
 def engine_kwargs(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         # isolation_level=None: the driver emits no BEGIN of its own; _begin_immediate does.
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+    # A worker's threads that call the storage: the main loop, --prefetch's and the heartbeat's.
+    # With prefetch the main thread only trains while the other two call, and Optuna's schema check
+    # at start holds 2, so a worker holds 2 connections (measured: docs/cluster.md). The overflow of
+    # 1 is for a third thread, should all three ever call at once, and closes once returned: a
+    # worker opens 3 at most, the figure a fleet's connection budget plans with.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1}
     kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     if url.get_backend_name() == "postgresql":
-        kwargs["connect_args"].update(LIBPQ_KEEPALIVES)
+        # connect_args win over the URL's query, which SQLAlchemy passes to psycopg as text
+        kwargs["connect_args"].update(LIBPQ_KEEPALIVES, **psycopg_options(url))
     if url.get_backend_name() == "mysql":
         kwargs["pool_recycle"] = 3600  # MySQL closes idle connections after wait_timeout
         kwargs["connect_args"].update(read_timeout=MYSQL_READ_TIMEOUT, write_timeout=MYSQL_READ_TIMEOUT)
@@ -141,10 +172,12 @@ def open_journal(url: str, heartbeat: bool = True, heartbeat_interval: int = HEA
                  adopt_thread: Callable[[], None] = lambda: None, create: bool = True) -> JournalStudyStorage:
     """The journal storage at a `postgresql+journal://` URL (studies/journal.py); `retry` retries its
     calls while the server is away (the worker's --db-patience)."""
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    parsed = parse_url(url)
+    conninfo = (parsed.set(drivername="postgresql").difference_update_query([PREPARE_THRESHOLD])
+                .render_as_string(hide_password=False))
+    options = {"connect_timeout": CONNECT_TIMEOUT, **LIBPQ_KEEPALIVES, **psycopg_options(parsed)}
     try:
-        journal = PostgresJournal(conninfo, retry,
-                                  {"connect_timeout": CONNECT_TIMEOUT, **LIBPQ_KEEPALIVES}, create=create)
+        journal = PostgresJournal(conninfo, retry, options, create=create)
         if not create and not journal.exists():
             raise StorageError(f"{mask(url)} holds no Optuna journal (no optuna_journal table); "
                                "check --storage or $OPTUNA_STORAGE")

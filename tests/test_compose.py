@@ -16,6 +16,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from studies.storage import engine_kwargs, parse_url
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PASSWORD = "pw-" + secrets.token_hex(8)  # a value the file cannot contain by chance
@@ -35,7 +37,7 @@ def compose_binary() -> list[str] | None:
 COMPOSE = compose_binary()
 
 
-OVERRIDABLE = ("POSTGRES_", "COMPOSE_", "BASE_IMAGE", "DASHBOARD_PORT")
+OVERRIDABLE = ("POSTGRES_", "COMPOSE_", "BASE_IMAGE", "DASHBOARD_PORT", "PGBOUNCER_")
 
 
 def render(env_file: Path, *files: Path) -> subprocess.CompletedProcess[str]:
@@ -65,14 +67,20 @@ def test_published_ports_bind_loopback_only(services: dict[str, dict]) -> None:
 
 
 def test_every_service_gets_the_one_storage_url_with_the_password_from_env(services: dict[str, dict]) -> None:
+    """One database: the workers reach it through PgBouncer, db-init and the dashboard straight."""
     worker, dashboard = services["worker"]["command"], services["dashboard"]["command"]
-    urls = {worker[worker.index("--storage") + 1], dashboard[-1]}
-    urls |= {svc["environment"]["OPTUNA_STORAGE"] for svc in services.values()
-             if "OPTUNA_STORAGE" in svc.get("environment", {})}
-    assert len(urls) == 1, urls
-    url = make_url(urls.pop())
-    assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432)
-    assert (url.username, url.password, url.database) == ("fms_user", PASSWORD, "fms_db")
+    pooled = {worker[worker.index("--storage") + 1], services["worker"]["environment"]["OPTUNA_STORAGE"]}
+    urls = {dashboard[-1]} | {svc["environment"]["OPTUNA_STORAGE"] for name, svc in services.items()
+                              if "OPTUNA_STORAGE" in svc.get("environment", {}) and name != "worker"}
+    assert len(urls) == 1 and len(pooled) == 1, (urls, pooled)
+    url, through = make_url(urls.pop()), make_url(pooled.pop())
+    assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432) and not url.query
+    assert (through.drivername, through.host, through.port) == ("postgresql+psycopg", "pgbouncer", 5432)
+    assert dict(through.query) == {"prepare_threshold": "none"}  # PgBouncer's transaction pooling
+    for each in (url, through):
+        assert (each.username, each.password, each.database) == ("fms_user", PASSWORD, "fms_db")
+    pgbouncer = services["pgbouncer"]["environment"]
+    assert [pgbouncer[key] for key in ("DB_HOST", "DB_NAME", "DB_USER")] == ["postgres", "fms_db", "fms_user"]
     # Every secret-looking variable of every service (postgres' own included) is the value from .env.
     passwords = {(name, key): value for name, svc in services.items()
                  for key, value in svc.get("environment", {}).items() if re.search(r"PASSWORD|SECRET", key)}
@@ -102,7 +110,9 @@ def test_clients_wait_for_a_healthy_postgres_and_the_init_jobs(services: dict[st
     done, healthy = "service_completed_successfully", "service_healthy"
     assert conditions["db-init"] == {"postgres": healthy}
     assert conditions["dashboard"] == {"postgres": healthy, "db-init": done}
-    assert conditions["worker"] == {"postgres": healthy, "db-init": done, "data-init": done}
+    assert conditions["pgbouncer"] == {"postgres": healthy}
+    assert conditions["worker"] == {"postgres": healthy, "pgbouncer": healthy, "db-init": done,
+                                    "data-init": done}
 
 
 def test_worker_is_a_scalable_gpu_service(services: dict[str, dict]) -> None:
@@ -115,7 +125,7 @@ def test_worker_is_a_scalable_gpu_service(services: dict[str, dict]) -> None:
     assert not any(arg.startswith("--device") for arg in worker["command"])
     restart = {name: svc.get("restart") for name, svc in services.items()}
     assert restart == {"postgres": "unless-stopped", "dashboard": "unless-stopped", "worker": "on-failure",
-                       "db-init": "no", "data-init": "no"}
+                       "db-init": "no", "data-init": "no", "pgbouncer": "unless-stopped"}
 
 
 def test_data_lives_in_named_volumes_at_the_images_paths(services: dict[str, dict]) -> None:
@@ -142,6 +152,7 @@ def test_workers_share_one_lock_folder_the_image_user_owns(services: dict[str, d
 
 def test_base_images_and_ports_default_to_the_official_ones(services: dict[str, dict]) -> None:
     assert services["postgres"]["image"] == "postgres:16"
+    assert services["pgbouncer"]["image"].startswith("edoburu/pgbouncer:")
     assert services["worker"]["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim"}
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\nFROM \$\{BASE_IMAGE\}$",
                      (ROOT / "Dockerfile").read_text(), re.MULTILINE)
@@ -151,12 +162,13 @@ def test_base_images_and_ports_default_to_the_official_ones(services: dict[str, 
 
 def test_base_images_and_ports_are_overridable_and_stay_on_loopback(tmp_path: Path) -> None:
     env = {**ENV, "POSTGRES_IMAGE": "local/pg:15", "BASE_IMAGE": "local/py:3.11", "POSTGRES_PORT": "55432",
-           "DASHBOARD_PORT": "58080"}
+           "DASHBOARD_PORT": "58080", "PGBOUNCER_IMAGE": "local/pgbouncer:1.18"}
     (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     result = render(tmp_path / ".env")
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert services["postgres"]["image"] == "local/pg:15"
+    assert services["pgbouncer"]["image"] == "local/pgbouncer:1.18"
     bases = {svc["build"]["args"]["BASE_IMAGE"] for svc in services.values() if "build" in svc}
     assert bases == {"local/py:3.11"}
     ports = {name: [(p["host_ip"], p["published"]) for p in svc["ports"]]
@@ -211,3 +223,31 @@ def test_file_as_written_has_no_literal_password_and_no_public_port() -> None:
         password = (svc.get("environment") or {}).get("POSTGRES_PASSWORD", "${POSTGRES_PASSWORD}")
         assert password.startswith("${POSTGRES_PASSWORD"), name
     assert set(re.findall(r"://[^:/@\s]*:([^@\s]*)@", text)) == {"${POSTGRES_PASSWORD}"}
+
+
+def test_workers_go_through_pgbouncer_in_transaction_pooling_as_written() -> None:
+    """Needs no Compose: the pooler's wiring on the YAML before interpolation. The workers' URL is one
+    studies/storage.py turns prepared statements off for; the pooler's server connections fit in
+    Postgres's 100, less the 3 kept for superusers, less db-init's and the dashboard's pools (3 each,
+    studies/storage.py); it publishes no port."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    pgbouncer = services["pgbouncer"]
+    assert pgbouncer["image"].startswith("${PGBOUNCER_IMAGE:-")
+    env = pgbouncer["environment"]
+    assert env["POOL_MODE"] == "transaction" and env["DB_HOST"] == "postgres"
+    assert env["DB_PASSWORD"] == "${POSTGRES_PASSWORD}" and "ports" not in pgbouncer
+    assert int(env["DEFAULT_POOL_SIZE"]) <= int(env["MAX_DB_CONNECTIONS"]) <= 100 - 3 - 2 * 3
+    assert int(env["MAX_CLIENT_CONN"]) >= 2 * 64  # a 64-worker fleet, 2 connections each (docs/cluster.md)
+    assert pgbouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+    worker = services["worker"]
+    url = worker["command"][worker["command"].index("--storage") + 1]
+    assert worker["environment"]["OPTUNA_STORAGE"] == url
+    assert worker["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+    for variable, value in (("POSTGRES_USER", "u"), ("POSTGRES_PASSWORD", "p"), ("POSTGRES_DB", "d")):
+        url = url.replace(f"${{{variable}}}", value)
+    parsed = parse_url(url)
+    assert (parsed.host, parsed.port) == ("pgbouncer", 5432)
+    assert engine_kwargs(parsed)["connect_args"]["prepare_threshold"] is None
+    for name in ("db-init", "dashboard"):  # one client each; optuna-dashboard's CLI takes no typed options
+        assert "@postgres:5432/" in services[name]["environment"]["OPTUNA_STORAGE"]

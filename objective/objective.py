@@ -282,8 +282,15 @@ class Objective:
         if crowned and self.settings.yardstick_at_crown:
             # A crowned ratio is the time to beat from now on. Against a yardstick timed up to
             # YARDSTICK_EVERY ago it would keep the clock's drift since then, and the guard crowns
-            # the trials that drift favoured: so it is taken against one timed now, beside its seeds.
+            # the trials that drift favoured: so it is taken against one timed now, beside its seeds,
+            # and the crown is judged again against it (a yardstick timed while the host was slower
+            # would crown a trial slower than the recipe).
             yardstick = self.measure_baseline()
+            to_beat = best * yardstick
+            crowned = is_crowned(runs, rules, to_beat)
+            if not crowned:
+                stopped = (f"lost the crown guard after {len(runs)} seeds: {median_seconds(runs):.3f} s "
+                           f"against {to_beat:.3f} s to beat by the yardstick timed at its crown")
         claim = [self.run(config.replace(seed=config.seed + len(runs) + k), limit)
                  for k in range(self.settings.claim_seeds if crowned else 0)]
         trained = Trained(runs, stopped, limit, yardstick, crowned, claim)

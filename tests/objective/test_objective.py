@@ -16,6 +16,7 @@ from objective.objective import (
     Objective,
     ObjectiveSettings,
     device_best,
+    is_feasible,
     penalized_value,
     suggest,
 )
@@ -392,6 +393,23 @@ def test_a_crowned_trial_is_measured_against_a_yardstick_timed_beside_it() -> No
     assert study.trials[0].value == pytest.approx(2.0 / 40.0) and objective.baseline_seconds == 40.0
     assert study.trials[0].user_attrs["yardstick"] == 40.0
     assert device_best(study, FINGERPRINT) == pytest.approx(2.0 / 40.0)
+
+
+def test_a_crown_that_the_yardstick_timed_beside_it_undoes_is_no_crown() -> None:
+    # seen in a real search: the first yardstick (50 s) came from a slow start of the host; a trial
+    # of 45 s held the guard against it, and the recipe timed at its crown took 40 s: the trial is
+    # slower than the recipe, so it is not crowned, runs no claim seeds, and sets no time to beat
+    train = scripted(*(result(0.995, 45.0, seed) for seed in (10, 11, 12)), result(0.99, 40.0))
+    objective = make_objective(train, repeats=3, crown_seeds=3, claim_seeds=2, yardstick_at_crown=True)
+    study = make_study()
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert len(train.calls) == 4  # three seeds and the yardstick: no claim seeds
+    assert trial.user_attrs["crowned"] is False and "claim_accuracy" not in trial.user_attrs
+    assert trial.user_attrs["stopped"] == ("lost the crown guard after 3 seeds: 45.000 s against "
+                                           "40.000 s to beat by the yardstick timed at its crown")
+    assert trial.value == pytest.approx(45.0 / 40.0) and not is_feasible(trial)
+    assert device_best(study, FINGERPRINT) is None
 
 
 def test_a_trial_that_is_not_crowned_claims_nothing() -> None:

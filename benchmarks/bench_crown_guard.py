@@ -14,6 +14,7 @@ No training: this isolates the rule from the clock.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
@@ -69,8 +70,7 @@ def main() -> None:
           "abs(reported - fresh) <= 0.05 points | winner's true mean, median | true mean >= 99.12 % |")
     print("|---|---|---|---|---|---|")
     for crown in (int(part) for part in args.crowns.split(",")):
-        rules = SeedRules(bar=base.bar, repeats=base.repeats, crown_seeds=crown,
-                          accuracy_sd=base.accuracy_sd, slower_margin=base.slower_margin)
+        rules = dataclasses.replace(base, crown_seeds=crown)
         rng = random.Random(args.seed)
         winners = [w for w in (one_search(rules, args, rng) for _ in range(args.searches)) if w]
         gaps = [reported - statistics.fmean(rng.gauss(true, args.seed_sd) for _ in range(FRESH_SEEDS))

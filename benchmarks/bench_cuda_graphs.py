@@ -3,7 +3,7 @@
     python benchmarks/bench_cuda_graphs.py --device cuda --seeds 10 [--data-dir ../shared/mnist]
 
 For each of eager and graphed, with channels_last on and off: the seed recipe's timed seconds
-(objective.trainer.train_once, the clock as docs/timing.md says) and accuracy on the same seeds,
+(objective.timed_run.train_once, the clock as docs/timing.md says) and accuracy on the same seeds,
 the variants taking turns seed by seed so that drift lands on all of them alike. Then the untimed
 capture's cost: the warm-up of the recipe with three Adam betas this process has not seen (each
 is a capture of its own, since the fused Adam kernel takes its betas as numbers).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from objective.config import TrainConfig  # noqa: E402
 from objective.data import load_resident, resolve_root  # noqa: E402
-from objective.trainer import resolve_device, train_once, warm_up  # noqa: E402
+from objective.timed_run import resolve_device, train_once, warm_up  # noqa: E402
 
 VARIANTS = {
     "eager, channels_last": TrainConfig(),

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_duty_cycle import drop_postgres, fresh_postgres  # noqa: E402
 from bench_service_cost import open_bench_storage, simulated_trials  # noqa: E402
 
-from search import worker as search_worker  # noqa: E402
+from search import session as worker_session  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
 from studies.storage import create_or_load  # noqa: E402
 
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--profile", default="h100")
     parser.add_argument("--storage", choices=("journal", "rdb"), default="journal")
     args = parser.parse_args()
-    search_worker.quiet_optuna()
+    worker_session.quiet_optuna()
     source = simulated_trials(args.prefill)[: args.prefill]
     _children_cpu()
     with tempfile.TemporaryDirectory() as scratch:

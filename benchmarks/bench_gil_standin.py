@@ -3,7 +3,7 @@
     python benchmarks/bench_gil_standin.py [--rounds 5] [--data-dir ../shared/mnist]
 
 A GPU run of this network is bound by Python launching kernels; this machine has no GPU, so the
-stand-in is a run bound the same way: the real training step (`objective.trainer.train_once`) of a
+stand-in is a run bound the same way: the real training step (`objective.timed_run.train_once`) of a
 tiny config on one CPU thread, so each of its ~40 ops per step is dispatch, not arithmetic (batch
 8, widths 8/8/32, 4,096 images: 512 steps). Beside it, the service's heaviest work runs without a
 pause on a thread: TPE asking, suggesting the 13 parameters of studies/mnist_fast.toml and telling,
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from objective.config import TrainConfig  # noqa: E402
-from objective.objective import suggest  # noqa: E402
+from objective.optuna_objective import suggest  # noqa: E402
 from objective.trainer_process import TrainingProcess  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
     import torch
 
     from objective.data import load_resident, resolve_root
-    from objective.trainer import train_once
+    from objective.timed_run import train_once
 
     torch.set_num_threads(1)
     data = load_resident(resolve_root(args.data_dir), torch.device("cpu"))

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_fleet import RAN, fleet_spec, start_worker  # noqa: E402
 from bench_service_cost import open_bench_storage  # noqa: E402
 
-from search import worker as search_worker  # noqa: E402
+from search import session as worker_session  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
 from studies.storage import create_or_load, load_existing  # noqa: E402
 from tests import postgres_cluster  # noqa: E402
@@ -418,7 +418,7 @@ def main() -> None:
     args = parser.parse_args()
     if (why := missing()) is not None:
         raise SystemExit(f"error: {why}")
-    search_worker.quiet_optuna()
+    worker_session.quiet_optuna()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": quiet_check(), "one_worker": [],
                               "fleets": []}
     print(f"{report['date']}: {report['machine']}", flush=True)

@@ -151,13 +151,14 @@ def one_search(spec_path: str, profile: str, workers: int, sampler_seed: int) ->
     """One fast-forward search in memory; the winner export would pick, judged by the truth."""
     import optuna
 
+    from search import session as worker_session
     from search import worker as search_worker
     from search.clock import VirtualClock
     from search.export import ExportError, choose
     from search.fleet import run_on_virtual_clock
     from search.signals import GracefulStop
 
-    search_worker.quiet_optuna()
+    worker_session.quiet_optuna()
     logging.getLogger("search").setLevel(logging.WARNING)
     args = search_worker.parser().parse_args(
         [
@@ -179,8 +180,8 @@ def one_search(spec_path: str, profile: str, workers: int, sampler_seed: int) ->
     run_on_virtual_clock(
         workers,
         clock,
-        lambda index: search_worker.search(
-            search_worker.open_worker(args, stop, clock, storage, index), args, stop
+        lambda index: worker_session.search(
+            worker_session.open_worker(args, stop, clock, storage, index), args, stop
         ),
     )
     wall = time.perf_counter() - started

@@ -5,7 +5,7 @@ For each sampler seed (default 0, 1, 2):
 1. a fresh study of `studies/mnist_fast.toml` on a SQLite file, searched by one real
    `python -m search.worker` process until the spec's budget ([study] minutes) ends it;
 2. `python -m search.export` picks its best trial;
-3. the winner and the seed recipe, both trained by the project's trainer (objective.trainer, every
+3. the winner and the seed recipe, both trained by the project's trainer (objective.timed_run, every
    speed knob at its default for both), alternate seed by seed on the fresh seeds
    1000..1000+N-1, so a drifting clock hits both alike;
 4. the reference script (../shared/reference/seed_recipe.py) on the same seeds, in its own process.
@@ -83,7 +83,7 @@ def interleaved(winner: dict[str, Any], seeds: list[int], data_dir: str) -> dict
 
     from objective.config import TrainConfig, from_dict
     from objective.data import load_resident, resolve_root
-    from objective.trainer import train_once
+    from objective.timed_run import train_once
 
     data = load_resident(resolve_root(data_dir), torch.device("cpu"))
     configs = {"winner": from_dict(winner), "recipe": TrainConfig()}

@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_duty_cycle import drop_postgres, fresh_postgres  # noqa: E402
 
 from objective.config import TrainConfig  # noqa: E402
-from objective.objective import Objective  # noqa: E402
+from objective.optuna_objective import Objective  # noqa: E402
 from objective.result import RunResult  # noqa: E402
 from search import loop  # noqa: E402
+from search import session as worker_session  # noqa: E402
 from search import worker as search_worker  # noqa: E402
 from search.heartbeat import Heartbeat  # noqa: E402
 from search.progress import best_trial, trial_line  # noqa: E402
@@ -90,8 +91,8 @@ def simulated_trials(count: int) -> list[optuna.trial.FrozenTrial]:
     run_on_virtual_clock(
         4,
         clock,
-        lambda index: search_worker.search(
-            search_worker.open_worker(args, stop, clock, storage, index), args, stop
+        lambda index: worker_session.search(
+            worker_session.open_worker(args, stop, clock, storage, index), args, stop
         ),
     )
     study = optuna.load_study(study_name="mnist_fast", storage=storage)
@@ -196,7 +197,7 @@ def main() -> None:
     parser.add_argument("--storage", default="journal,postgres,memory")
     parser.add_argument("--history", default="none,200")
     args = parser.parse_args()
-    search_worker.quiet_optuna()
+    worker_session.quiet_optuna()
     logging.getLogger("search").setLevel(logging.WARNING)
     sizes = [int(size) for size in args.sizes.split(",")]
     source = simulated_trials(max(sizes))

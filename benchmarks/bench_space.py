@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from objective.config import TrainConfig  # noqa: E402
 from objective.data import load_resident, resolve_root  # noqa: E402
-from objective.trainer import train_once  # noqa: E402
+from objective.timed_run import train_once  # noqa: E402
 
 VARIANTS: dict[str, dict[str, object]] = {
     "seed recipe": {},

@@ -29,7 +29,7 @@ from sleep_worker import SPEC, run_loop
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from objective.objective import suggest
+from objective.optuna_objective import suggest
 from studies.spec import load_spec
 from studies.storage import open_storage
 

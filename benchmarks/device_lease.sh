@@ -31,7 +31,7 @@ done
 
 stage "GPU tests: trainer and graphed step"
 timeout 100 python3 -m pytest -q -o addopts="" -p no:cacheprovider \
-  tests/objective/test_graphed.py tests/objective/test_trainer.py 2>&1 | tee "$OUT/tests.log" | tail -25
+  tests/objective/test_graphed.py tests/objective/test_timed_run.py 2>&1 | tee "$OUT/tests.log" | tail -25
 
 stage "cuda_graphs against eager"
 timeout 90 python3 benchmarks/bench_cuda_graphs.py --device cuda --seeds 10 2>&1 \

@@ -11,7 +11,7 @@ order so that the machine's drift does not line up with any knob:
 each on `--seeds-per-config` seeds; and the seed recipe itself every `--recipe-every` runs, on
 seeds 0, 1, 2, ... in turn, so its per-seed spread, the clock's run-to-run noise, its drift over
 the whole measurement and its rare spikes all come from the same session. Every run is timed by
-`objective.trainer.train_once` (warm-up outside the clock, docs/timing.md) with a 60 s limit, and
+`objective.timed_run.train_once` (warm-up outside the clock, docs/timing.md) with a 60 s limit, and
 appended to the CSV as it finishes, with the CPU's name and the torch version. The reference script
 (benchmarks/reference.py) runs at the start, every `--reference-every` runs and at the end, on seeds
 0, 1, 2, as rows of kind `reference` (its median seconds and mean accuracy): the machine's speed
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.reference import time_reference  # noqa: E402
 from objective.config import TrainConfig  # noqa: E402
 from objective.data import load_resident, resolve_root  # noqa: E402
-from objective.trainer import fingerprint, train_once  # noqa: E402
+from objective.timed_run import fingerprint, train_once  # noqa: E402
 from studies.spec import load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "mnist_fast.toml"

@@ -16,17 +16,18 @@ import time
 from pathlib import Path
 
 from objective.config import TrainConfig
-from objective.objective import Objective
+from objective.optuna_objective import Objective
 from objective.result import RunResult
 from objective.trainer_process import TrainingProcess
-from search import worker as search_worker
+from search import session as worker_session
 from search.device_lock import Claim
 from search.devices import Device
 from search.retry import Retry, RetryingStorage
 from search.signals import GracefulStop
+from studies.liveness import GRACE_PERIOD
 from studies.optuna_internals import set_constraints
 from studies.spec import load_spec
-from studies.storage import GRACE_PERIOD, create_or_load, open_storage
+from studies.storage import create_or_load, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "studies" / "mnist_fast.toml"
@@ -88,11 +89,11 @@ def run_loop(url: str, study_name: str, trial_seconds: float, n_trials: int | No
     sleeper = SleepTrain(trial_seconds) if data_dir is None else RecipeTrain(TrainConfig(), data_dir)
     objective = Objective(spec.space, spec.base, spec.objective, sleeper, set_constraints=set_constraints)
     device = Device(sleeper, Claim("sleep", shared=True, handles=[]), "sleep", {}, simulated=True)
-    worker = search_worker.Worker(spec, study, storage, objective, device, {"worker": {"pid": 0}},
+    worker = worker_session.Worker(spec, study, storage, objective, device, {"worker": {"pid": 0}},
                                   prefetch=prefetch, grace_period=GRACE_PERIOD)
     args = argparse.Namespace(n_trials=n_trials, timeout=timeout, no_progress=True, db_patience=120)
     logging.getLogger("search").setLevel(logging.WARNING)  # no per-trial lines on the console
-    search_worker.quiet_optuna()
+    worker_session.quiet_optuna()
     start = time.perf_counter()
-    search_worker.search(worker, args, GracefulStop())
+    worker_session.search(worker, args, GracefulStop())
     return sleeper, sleeper.runs, time.perf_counter() - start

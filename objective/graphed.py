@@ -7,7 +7,7 @@ PyTorch's CUDA-graph notes, everything a step touches is static: the model and i
 step (it picks the batch's rows and the step's learning rate inside the graph) and the loss sum.
 The full batch and the short last batch each get a graph of their own.
 
-What the clock covers stays the eager run's (objective/trainer.py): the capture happens in the
+What the clock covers stays the eager run's (objective/timed_run.py): the capture happens in the
 untimed warm-up, once per shape and betas per process, like cuDNN's autotuning; inside the clock the
 weights are drawn afresh on the host exactly as `build_model` draws them and copied in, the Adam
 state and the counters are zeroed, and the one-cycle learning rates are computed and copied over.
@@ -146,7 +146,7 @@ def _capture(config: TrainConfig, data: Mnist, n: int, capacity: int, bf16: bool
 def train_graphed(config: TrainConfig, data: Mnist, n: int, steps: int,
                   bf16: bool) -> tuple[GraphedStep, int]:
     """Reset the captured state to a fresh run of `config`, inside the clock, and return it with
-    the steps per epoch. The caller replays `graphs` one step at a time (trainer.train_once)."""
+    the steps per epoch. The caller replays `graphs` one step at a time (timed_run.train_once)."""
     state = graphed_step(config, data, n, steps, bf16)
     torch.manual_seed(config.seed)
     fresh = Net(config)  # drawn on the host, as build_model draws it, so both paths start alike

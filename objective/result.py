@@ -1,4 +1,4 @@
-"""One timed training run's outcome, as every device reports it: real (objective/trainer.py, in
+"""One timed training run's outcome, as every device reports it: real (objective/timed_run.py, in
 the training process) or simulated (objective/sim/device.py). Free of torch, so the service's own
 process, which never trains, never imports it."""
 

@@ -2,7 +2,7 @@
 
 After each seed, with k seeds run, mean accuracy `acc` and median seconds `secs`:
 1. a diverged or over-time run ends the trial;
-2. clearly infeasible: even `acc + z * accuracy_sd / sqrt(k)` is below the bar (the accuracy the
+2. clearly infeasible: even `acc + clearly_sds * accuracy_sd / sqrt(k)` is below the bar (the accuracy the
    study asks for): more seeds would not lift it there;
 3. clearly slower: `secs` is past the time to beat by more than `slower_margin` (the clock's
    noise, docs/search.md), and so is each of the last `slower_runs` runs, or the last run alone
@@ -16,14 +16,14 @@ After each seed, with k seeds run, mean accuracy `acc` and median seconds `secs`
    not select it.
 
 The time to beat is the best crowned trial's ratio on this device times the worker's yardstick
-(objective/objective.py), or the seed recipe's own time on this device where that is lower: the
+(objective/optuna_objective.py), or the seed recipe's own time on this device where that is lower: the
 search exists to beat the recipe, so no seed is spent confirming a config slower than it.
 
 A trial that passes the guard is crowned (`is_crowned`); only crowned trials set the time to beat
 and are exported. Picking the best of many noisy trials picks luck (the winner's curse), and the
 guard itself keeps the trials whose mean over its seeds happened to clear a bar their true means
 sit near, so the crown's own seeds still flatter it. A crowned trial therefore runs `claim_seeds`
-more seeds that decide nothing (objective/objective.py): its claim, the accuracy and seconds export
+more seeds that decide nothing (objective/optuna_objective.py): its claim, the accuracy and seconds export
 reports, comes from them alone, and fresh seeds agree with it on average.
 """
 
@@ -36,20 +36,19 @@ from dataclasses import dataclass
 
 from objective.result import RunResult
 
-# Two standard errors: a trial whose true mean sits exactly on the bar is stopped as "clearly
-# infeasible" after its first seed about 2 % of the time.
-CLEARLY = 2.0
-
 
 @dataclass(frozen=True)
 class SeedRules:
-    bar: float  # the mean accuracy a feasible trial reaches (target + margin)
-    repeats: int = 1  # seeds that decide a trial that is not a contender
-    crown_seeds: int = 1  # seeds a contender must hold the bar and its speed on
-    accuracy_sd: float = 0.0007  # one seed's accuracy spread (0.07 points, measured: docs/search.md)
-    slower_margin: float = 0.1  # "clearly slower" than the best: by more than this fraction
-    slower_runs: int = 1  # ... and so are this many last runs, each,
-    slower_margin_one_run: float = math.inf  # ... or the last one alone by more than this
+    """The rules above, as `ObjectiveSettings.seed_rules` reads them from the spec (its fields say
+    what each is); no defaults here, so the spec stays their one source."""
+    bar: float
+    repeats: int
+    crown_seeds: int
+    accuracy_sd: float
+    clearly_sds: float
+    slower_margin: float
+    slower_runs: int
+    slower_margin_one_run: float
 
 
 def mean_accuracy(runs: Sequence[RunResult]) -> float:
@@ -71,7 +70,7 @@ def stop_reason(runs: Sequence[RunResult], rules: SeedRules, to_beat: float | No
     if last.over_time:
         return f"over the time limit on seed {last.seed}"
     accuracy, seconds = mean_accuracy(runs), median_seconds(runs)
-    if accuracy + CLEARLY * rules.accuracy_sd / math.sqrt(k) < rules.bar:
+    if accuracy + rules.clearly_sds * rules.accuracy_sd / math.sqrt(k) < rules.bar:
         return (f"clearly infeasible after {_seeds(k)}: mean {100 * accuracy:.3f} % "
                 f"against {100 * rules.bar:.2f} %")
     if is_clearly_slower(runs, rules, to_beat):

@@ -21,7 +21,7 @@ from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict, load_json, parse_assignment
 from objective.data import load_resident, resolve_root
 from objective.errors import UserError
-from objective.trainer import RunResult, resolve_device, train_once
+from objective.timed_run import RunResult, resolve_device, train_once
 
 
 def parse_seeds(text: str) -> list[int]:

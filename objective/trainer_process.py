@@ -4,7 +4,7 @@ A GPU run of this network is bound by Python launching kernels, so anything else
 (the sampler, the storage, heartbeats, --prefetch's thread) would take the interpreter lock from
 the loop being timed and slow it. So the worker's own process never trains: it starts one training
 process, which imports torch, holds the device and MNIST, and runs one timed run per request
-(objective/trainer.py). The two talk over a socket pair, one pickled message each way per request:
+(objective/timed_run.py). The two talk over a socket pair, one pickled message each way per request:
 
     ("gpus",)                             -> ("gpus", [(lock key, name), ...])   the GPUs it sees
     ("load", device, threads, cores, dir) -> ("loaded", device, fingerprint)     MNIST onto it
@@ -103,7 +103,7 @@ class TrainingProcess:
         return self.device
 
     def run(self, config: TrainConfig, time_limit: float) -> RunResult:
-        """One timed run (objective.trainer.train_once) in the training process."""
+        """One timed run (objective.timed_run.train_once) in the training process."""
         if self._process is None:
             self._start()
             if self._loaded is not None:
@@ -152,7 +152,7 @@ class _Server:
     def handle(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
         import torch
 
-        from objective import trainer
+        from objective import timed_run
 
         kind, *args = request
         if kind == "gpus":
@@ -162,16 +162,16 @@ class _Server:
             from objective.data import load_resident, resolve_root
 
             name, threads, cores, data_dir = args
-            device = trainer.resolve_device(name)
+            device = timed_run.resolve_device(name)
             if cores:
                 os.sched_setaffinity(0, cores)  # before torch starts its pool, which inherits it
             if threads is not None:
                 torch.set_num_threads(threads)
             self.data = load_resident(resolve_root(data_dir), device)
-            return "loaded", str(device), trainer.fingerprint(device)
+            return "loaded", str(device), timed_run.fingerprint(device)
         if kind == "run":
             config, time_limit = args
-            return "result", trainer.train_once(TrainConfig(**config), self.data, time_limit)
+            return "result", timed_run.train_once(TrainConfig(**config), self.data, time_limit)
         raise ValueError(f"unknown request {kind!r}")
 
 

@@ -35,10 +35,11 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from objective import attributes
 from objective.cli import OneLineParser
 from objective.config import ConfigError, TrainConfig, from_dict
 from objective.errors import UserError
-from objective.objective import ACCURACY_TARGET, is_crowned_trial
+from objective.optuna_objective import ACCURACY_TARGET, is_crowned_trial
 from objective.result import describe_fingerprint
 from search.devices import open_real
 from search.retry import storage_failure
@@ -47,9 +48,6 @@ from studies.storage import load_existing, mask, parse_url, resolve_url
 
 FORMATS = ("json", "yaml", "toml")
 SUFFIX_FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
-# A crowned trial's claim (objective/objective.py): seeds that did not select it, on the held-out
-# images and on all 10,000.
-CLAIM = ("claim_accuracy", "claim_test_accuracy", "claim_seconds")
 VERIFY_FIRST_SEED = 1000  # verification seeds start here, away from the seeds a search uses
 
 
@@ -126,7 +124,7 @@ def run_verification(args: argparse.Namespace, study: optuna.Study, choice: Choi
     config = trial_config(trial, study.user_attrs)
     target = accuracy_target(study.user_attrs)
     attrs = trial.user_attrs
-    used = len(attrs.get("accuracies") or [None]) + len(attrs.get("claim_accuracies") or [])
+    used = len(attrs.get(attributes.ACCURACIES) or [None]) + len(attrs.get(attributes.CLAIM_ACCURACIES) or [])
     seeds = verification_seeds(config, args.verify, used=used)
     # Verification is timed like a trial: in a training process, on a device claimed as a worker
     # claims it, waiting while another holds it.
@@ -159,7 +157,7 @@ class Choice:
 
 
 def fingerprint_of(trial: FrozenTrial) -> dict[str, Any]:
-    value = trial.user_attrs.get("fingerprint")
+    value = trial.user_attrs.get(attributes.FINGERPRINT)
     return dict(value) if isinstance(value, Mapping) else {}
 
 
@@ -207,7 +205,7 @@ def choose(trials: Iterable[FrozenTrial], device: str | None = None) -> Choice:
                           f"on {describe_fingerprint(fingerprint)} held the bar and beat the recipe "
                           f"over the crown guard's seeds{hint}")
     crowned = sum(is_crowned_trial(t) for t in groups[key])
-    baseline = " (the seed-recipe baseline)" if best.user_attrs.get("baseline") else ""
+    baseline = " (the seed-recipe baseline)" if best.user_attrs.get(attributes.BASELINE) else ""
     selection = (f"trial {best.number}{baseline}: lowest value ({best.value:.4f}) among "
                  f"{_plural(crowned, 'crowned trial')} of "
                  f"{_plural(len(groups[key]), 'complete trial')} "
@@ -223,10 +221,10 @@ def per_fingerprint(trials: Iterable[FrozenTrial]) -> list[dict[str, Any]]:
         best = best_crowned(members)
         if best is not None:
             row = {"fingerprint": describe_fingerprint(fingerprint_of(best)), "trial": best.number,
-                   "seconds": best.user_attrs.get("seconds"),
-                   "accuracy": best.user_attrs.get("accuracy"), "value": best.value}
+                   "seconds": best.user_attrs.get(attributes.SECONDS),
+                   "accuracy": best.user_attrs.get(attributes.ACCURACY), "value": best.value}
             # the claim, as the document's metrics give it: seeds that did not select the trial
-            row.update({key: best.user_attrs[key] for key in CLAIM
+            row.update({key: best.user_attrs[key] for key in attributes.CLAIM
                         if key in best.user_attrs})
             rows.append(row)
     return rows
@@ -257,17 +255,17 @@ def _match_device(groups: Mapping[str, list[FrozenTrial]], ranked: list[str], de
 
 def accuracy_target(study_attrs: Mapping[str, Any]) -> float:
     """The target the study recorded, else the objective's default."""
-    return float(study_attrs.get("accuracy_target", ACCURACY_TARGET))
+    return float(study_attrs.get(attributes.STUDY_ACCURACY_TARGET, ACCURACY_TARGET))
 
 
 def trial_config(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> TrainConfig:
     """The whole config the trial trained: its `config` attribute, else the study's base config
     with the trial's params over it."""
     try:
-        recorded = trial.user_attrs.get("config")
+        recorded = trial.user_attrs.get(attributes.CONFIG)
         if isinstance(recorded, Mapping):
             return from_dict(dict(recorded))
-        base = study_attrs.get("base_config")
+        base = study_attrs.get(attributes.STUDY_BASE_CONFIG)
         if isinstance(base, Mapping):
             return from_dict({**base, **trial.params})
     except ConfigError as error:
@@ -280,27 +278,28 @@ def build_document(study: optuna.Study, choice: Choice, url: str) -> dict[str, A
     trial = choice.trial
     attrs = study.user_attrs
     metrics: dict[str, Any] = {
-        "accuracy": trial.user_attrs.get("accuracy"),
-        "seconds": trial.user_attrs.get("seconds"),
-        "train_seconds": trial.user_attrs.get("train_seconds"),
+        "accuracy": trial.user_attrs.get(attributes.ACCURACY),
+        "seconds": trial.user_attrs.get(attributes.SECONDS),
+        "train_seconds": trial.user_attrs.get(attributes.TRAIN_SECONDS),
         "value": trial.value,
         "accuracy_target": accuracy_target(attrs),
     }
     # per seed; seconds over the seed recipe's here; the claim: seeds that decided nothing
-    for key in ("accuracies", "vs_baseline", *CLAIM, "claim_accuracies"):
+    for key in (attributes.ACCURACIES, attributes.VS_BASELINE, *attributes.CLAIM,
+                attributes.CLAIM_ACCURACIES):
         if key in trial.user_attrs:
             metrics[key] = trial.user_attrs[key]
     return {
         "config": trial_config(trial, attrs).to_dict(),
         "metrics": metrics,
         "trial": trial.number,
-        "baseline": bool(trial.user_attrs.get("baseline", False)),
+        "baseline": bool(trial.user_attrs.get(attributes.BASELINE, False)),
         "study": study.study_name,
         "provenance": {
             "storage": parse_url(url).get_backend_name(),  # the database kind: never host or user
             "optuna": optuna.__version__,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "spec": attrs.get("spec"),
+            "spec": attrs.get(attributes.STUDY_SPEC),
         },
         "fingerprint": choice.fingerprint,
         "selection": choice.selection,
@@ -320,7 +319,7 @@ def verification_seeds(config: TrainConfig, count: int, used: int = 1) -> list[i
 def verify(config: TrainConfig, seeds: list[int], target: float,
            run: Callable[[TrainConfig], Any],
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Retrain `config` once per seed with `run` (returns an objective.trainer.RunResult) and
+    """Retrain `config` once per seed with `run` (returns an objective.timed_run.RunResult) and
     summarize on all 10,000 test images, as the seed recipe's figure is (pass_rate: the fraction of
     seeds that reach `target`), and on the held-out half alone."""
     if not seeds:

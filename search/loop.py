@@ -23,6 +23,14 @@ How a trial ends, and where that is written:
 - Left RUNNING only when the database stays away past --db-patience: the worker exits 1, and the
   trial ends as in the case above.
 
+Who writes a trial's row (its attributes' names: objective/attributes.py), and nothing else does:
+- this module: the ask and the tell (state, value), `worker` and `fail_reason`;
+- objective/optuna_objective.py, called from here: `config` (plan), the measured attributes and
+  the constraints (record; the constraints through studies/optuna_internals.py's one write);
+- search/heartbeat.py: the heartbeat, and through search/stale.py a dead worker's trial FAILED and
+  its retry queued (Optuna's own stale-trial callback);
+- studies/storage.py, once per study: the baseline's and the start points' WAITING rows.
+
 Why this loop and not `study.optimize`, which runs the same ask and tell (Optuna 5.0):
 1. A worker back from a database outage whose trial another worker has failed meanwhile must go
    on; `optimize` tells the finished trial and its ValueError ends the loop. Here tell skips it.
@@ -47,8 +55,9 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from objective import attributes
 from objective.errors import first_line
-from objective.objective import Objective, Planned, Trained
+from objective.optuna_objective import Objective, Planned, Trained
 from objective.trainer_process import TrainingFailed
 from search.clock import SYSTEM, Clock
 from search.heartbeat import Heartbeat
@@ -71,7 +80,7 @@ REASON_LENGTH = 500  # characters of an exception's message kept in `fail_reason
 class Stops:
     """Why the worker starts no further trial: its own limits, and the study's budget."""
 
-    signals: GracefulStop
+    graceful_stop: GracefulStop
     n_trials: int | None = None  # --n-trials: trials this worker runs
     timeout: float | None = None  # --timeout: seconds of searching
     budget: int | None = None  # [study] n_trials: finished trials of every worker
@@ -90,14 +99,14 @@ class Stops:
         """Count a finished trial of this worker's."""
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
-            self.last_failure = trial.user_attrs.get("fail_reason")
+            self.last_failure = trial.user_attrs.get(attributes.FAIL_REASON)
         else:
             self.failures_in_a_row = 0
 
     def own_reason(self, ahead: float = 0.0, running: int = 0) -> str | None:
         """A reason read from nothing but this worker; `ahead` seconds from now and `running`
         more trials, for --prefetch."""
-        if self.signals.requested:
+        if self.graceful_stop.requested:
             return f"{self.signal_name} received"
         if self.n_trials is not None and self.ran + running >= self.n_trials:
             return f"ran --n-trials {self.n_trials}"
@@ -123,13 +132,13 @@ class Stops:
 
     @property
     def signal_name(self) -> str:
-        return signal.Signals(self.signals.signum or signal.SIGINT).name
+        return signal.Signals(self.graceful_stop.signum or signal.SIGINT).name
 
     @property
     def exit_code(self) -> int:
         """0, or 1 for a worker that gave up on failing trials, or 130/143 for an abort."""
-        if self.signals.aborted:
-            return self.signals.exit_code
+        if self.graceful_stop.aborted:
+            return self.graceful_stop.exit_code
         return 1 if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW else 0
 
 
@@ -141,7 +150,7 @@ def run_trials(study: optuna.Study, objective: Objective, heartbeat: Heartbeat, 
         told = run_trial(study, objective, heartbeat, attrs)
         stops.count(told)
         on_told(told)
-        if stops.signals.aborted:
+        if stops.graceful_stop.aborted:
             return f"aborted on a second {stops.signal_name}"
     return reason
 
@@ -240,7 +249,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: T
     dropped = False
     try:
         if fail_reason is not None:
-            trial.set_user_attr("fail_reason", fail_reason)
+            trial.set_user_attr(attributes.FAIL_REASON, fail_reason)
         told = study.tell(trial, value, state=state, skip_if_finished=True)
     except UpdateFinishedTrialError:  # a write to a trial another worker ended
         told, dropped = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), True

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import FrozenTrial
 
-from objective.objective import Objective
+from objective.optuna_objective import Objective
 from search.clock import Clock, VirtualClock
 from search.heartbeat import Heartbeat
 from search.loop import Begun, Ending, Stops, begin, end, release, train
@@ -122,7 +122,7 @@ def run_trials_prefetching(study: optuna.Study, objective: Objective, heartbeat:
                 ending = train(objective, begun)
                 train_seconds = stops.clock.monotonic() - started
                 background.submit(lambda b=begun, e=ending: end_and_count(b, e))
-                if stops.signals.aborted:
+                if stops.graceful_stop.aborted:
                     reason = f"aborted on a second {stops.signal_name}"
         if upcoming is not None and isinstance(asked := upcoming.result(), Begun):
             release_now(asked, reason)

@@ -17,8 +17,9 @@ import optuna
 import tqdm
 from optuna.trial import FrozenTrial, TrialState
 
+from objective import attributes
 from objective.cli import hide_passwords
-from objective.objective import is_crowned_trial
+from objective.optuna_objective import is_crowned_trial
 
 log = logging.getLogger("search")
 
@@ -65,7 +66,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def best_words(best: FrozenTrial) -> str:
     """`4.512 s, 0.93x the recipe (#3)`: the wall seconds a user reads, and the value."""
-    seconds = best.user_attrs.get("seconds")
+    seconds = best.user_attrs.get(attributes.SECONDS)
     timed = f"{seconds:.3f} s, " if isinstance(seconds, float | int) else ""
     return f"{timed}{best.value:.3f}x the recipe (#{best.number})"
 
@@ -76,17 +77,17 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None) -> str:
     parts = [f"trial {trial.number} {trial.state.name}"]
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         parts[0] += f" value {trial.value:.3f}"
-    if "accuracy" in attrs and "seconds" in attrs:
-        seeds = len(attrs.get("accuracies") or [None])
+    if attributes.ACCURACY in attrs and attributes.SECONDS in attrs:
+        seeds = len(attrs.get(attributes.ACCURACIES) or [None])
         parts.append(f"acc {100 * attrs['accuracy']:.2f} % in {attrs['seconds']:.2f} s "
                      f"({seeds} seed{'' if seeds == 1 else 's'})")
-    reason = attrs.get("fail_reason") or attrs.get("stopped")
+    reason = attrs.get(attributes.FAIL_REASON) or attrs.get(attributes.STOPPED)
     if reason:
         parts.append(str(reason))
     parts.append(f"best {best_words(best)}" if best and best.value is not None
                  else "best: none feasible yet")
     params = compact_params(trial.params)
-    if attrs.get("baseline"):
+    if attrs.get(attributes.BASELINE):
         params += " [baseline]"
     parts.append(params)
     return " | ".join(part for part in parts if part)
@@ -103,14 +104,15 @@ class Summary:
     """This worker's trials, by state, for the closing lines."""
 
     states: collections.Counter[str] = field(default_factory=collections.Counter)
-    best_own: FrozenTrial | None = None
+    best_trial_here: FrozenTrial | None = None
     not_run: int = 0  # prefetched trials a stop came too late for (FAILED, "not run")
 
     def add(self, trial: FrozenTrial) -> None:
         self.states[trial.state.name] += 1
+        best = self.best_trial_here
         if (trial.state == TrialState.COMPLETE and is_crowned_trial(trial) and trial.value is not None
-                and (self.best_own is None or trial.value < (self.best_own.value or float("inf")))):
-            self.best_own = trial
+                and (best is None or trial.value < (best.value or float("inf")))):
+            self.best_trial_here = trial
 
     @property
     def total(self) -> int:
@@ -118,8 +120,8 @@ class Summary:
 
     def lines(self, stop_reason: str, study: optuna.Study, seconds: float) -> list[str]:
         counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(self.states.items()))
-        own = (f"; its best {best_words(self.best_own)}"
-               if self.best_own is not None and self.best_own.value is not None else "")
+        own = (f"; its best {best_words(self.best_trial_here)}"
+               if self.best_trial_here is not None and self.best_trial_here.value is not None else "")
         best = best_trial(study)
         study_best = (f"study best {best_words(best)}: {compact_params(best.params)}"
                       if best is not None and best.value is not None else "study best: none feasible yet")

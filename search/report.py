@@ -20,6 +20,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from objective import attributes
 from objective.cli import OneLineParser
 from objective.errors import UserError
 from search.export import accuracy_target, check_writable, per_fingerprint, write_atomic
@@ -28,15 +29,16 @@ from studies.storage import load_existing, resolve_url
 
 
 def accuracy_vs_seconds(trials: list[FrozenTrial], target: float) -> go.Figure:
-    measured = [t for t in trials if "accuracy" in t.user_attrs and "seconds" in t.user_attrs]
-    baseline = [t for t in measured if t.user_attrs.get("baseline")]
-    searched = [t for t in measured if not t.user_attrs.get("baseline")]
+    measured = [t for t in trials
+                if attributes.ACCURACY in t.user_attrs and attributes.SECONDS in t.user_attrs]
+    baseline = [t for t in measured if t.user_attrs.get(attributes.BASELINE)]
+    searched = [t for t in measured if not t.user_attrs.get(attributes.BASELINE)]
     figure = go.Figure()
     for name, group, marker in (("search", searched, {"size": 8}),
                                 ("baseline (seed recipe)", baseline, {"size": 16, "symbol": "star"})):
         figure.add_trace(go.Scatter(
-            x=[t.user_attrs["seconds"] for t in group],
-            y=[100 * t.user_attrs["accuracy"] for t in group],
+            x=[t.user_attrs[attributes.SECONDS] for t in group],
+            y=[100 * t.user_attrs[attributes.ACCURACY] for t in group],
             mode="markers", name=name, marker=marker,
             text=[f"trial {t.number} ({t.state.name})" for t in group],
         ))

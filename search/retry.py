@@ -45,11 +45,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from objective.errors import first_line
+from studies.liveness import DEFAULT_PATIENCE
 from studies.optuna_internals import HeartbeatInterface, cached, stale_trial_ids
 
 log = logging.getLogger("search")
 
-DEFAULT_PATIENCE = 120.0  # seconds one storage call may keep failing before the worker gives up
 FIRST_DELAY = 1.0
 MAX_DELAY = 16.0
 # The journal (studies/journal.py) talks to PostgreSQL through psycopg directly.

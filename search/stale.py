@@ -25,6 +25,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from objective import attributes
 from studies.optuna_internals import HeartbeatInterface
 
 
@@ -41,7 +42,8 @@ def requeue_orphans(study: optuna.Study, storage: HeartbeatInterface, grace_peri
     if callback is None:
         return []
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    retried = {t.system_attrs[attributes.RETRY_HISTORY][-1]
+               for t in trials if t.system_attrs.get(attributes.RETRY_HISTORY)}
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
     orphans = [t for t in trials if t.number not in retried and _failed_by_stale_check(t, cutoff)]
     for orphan in orphans:
@@ -50,6 +52,6 @@ def requeue_orphans(study: optuna.Study, storage: HeartbeatInterface, grace_peri
 
 
 def _failed_by_stale_check(trial: FrozenTrial, cutoff: datetime.datetime) -> bool:
-    return (trial.state == TrialState.FAIL and "worker" in trial.user_attrs
-            and "fail_reason" not in trial.user_attrs
+    return (trial.state == TrialState.FAIL and attributes.WORKER in trial.user_attrs
+            and attributes.FAIL_REASON not in trial.user_attrs
             and trial.datetime_complete is not None and trial.datetime_complete < cutoff)

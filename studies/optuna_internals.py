@@ -14,6 +14,8 @@ from optuna.storages import RDBStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 
+from objective import attributes
+
 # The logger of RDBStorage, which logs a warning for each database error before raising it;
 # search/retry.py reports each such error once, with its retry, so the worker quiets this one.
 RDB_STORAGE_LOGGER = "optuna.storages._rdb.storage"
@@ -67,4 +69,4 @@ def set_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> No
     storage, trial_id_ = trial.storage, trial_id(trial)
     for name, value in constraints.items():
         storage.set_trial_system_attr(trial_id_, f"constraints:{name}", float(value))
-    storage.set_trial_system_attr(trial_id_, "constraints", [float(v) for v in constraints.values()])
+    storage.set_trial_system_attr(trial_id_, attributes.CONSTRAINTS, [float(v) for v in constraints.values()])

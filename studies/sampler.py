@@ -66,7 +66,7 @@ class _View:
 class BoundedHistory(BaseSampler):
     """`inner` (TPE), seeing at most `history` finished trials of the study, `best` of them its best."""
 
-    def __init__(self, inner: BaseSampler, history: int, best: int = 50) -> None:
+    def __init__(self, inner: BaseSampler, history: int, best: int) -> None:
         if best > history:
             raise ValueError(f"history ({history}) must be at least best ({best})")
         self.inner = inner

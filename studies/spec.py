@@ -3,12 +3,14 @@
     [study]      name, direction ("minimize"), n_trials (finished trials), minutes (wall-clock
                  budget from the study's creation); a worker stops at whichever comes first
     [objective]  accuracy_target, accuracy_margin, time_limit, limit_vs_baseline,
-                 penalty_per_point, max_penalty_points, repeats, crown_seeds, claim_seeds, accuracy_sd,
-                 slower_margin, slower_runs, yardstick_seeds, yardstick_at_crown (objective/objective.py and
-                 objective/seeds.py say what each does)
+                 penalty_per_point, max_penalty_points, repeats, crown_seeds, claim_seeds,
+                 accuracy_sd, clearly_sds, slower_margin, slower_runs, slower_margin_one_run,
+                 yardstick_seeds, yardstick_every, yardstick_at_crown (ObjectiveSettings in
+                 objective/optuna_objective.py, and objective/seeds.py, say what each does)
     [train]      fixed TrainConfig fields (epochs, train_subset, ...); the rest keep the seed's values
     [sampler]    name = "tpe" | "random" | "gp" | "cmaes" | "qmc", seed, history (at most this many
-                 finished trials seen per ask: studies/sampler.py), and the sampler's options
+                 finished trials seen per ask: studies/sampler.py) and history_best (of which the
+                 best, default 50), and the sampler's options
     [params.X]   type = "float" | "int" (low, high, log, step) or "categorical" (choices)
     [[start]]    start points: searched params set away from the baseline's, each enqueued once
                  after the baseline when the study is created
@@ -21,7 +23,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,9 +37,9 @@ from optuna.distributions import (
 )
 
 from objective.config import FIELD_TYPES, ConfigError, TrainConfig, from_dict
-from objective.errors import UserError
-from objective.objective import ObjectiveSettings
+from objective.optuna_objective import ObjectiveSettings
 from studies.sampler import BoundedHistory
+from studies.spec_file import SpecError, read_spec_file
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SECTIONS = {"study", "objective", "train", "sampler", "params", "start"}
@@ -49,13 +50,8 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
 }
-HISTORY_BEST = 50  # of a bounded history, the best trials always in view (studies/sampler.py)
 # Parameters the search never varies: they are bookkeeping or speed-only, not recipe knobs.
 NOT_SEARCHABLE = {"seed", "check_every", "eval_batch", "train_subset"}
-
-
-class SpecError(UserError):
-    """A spec that cannot become a study; the message names the file, the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +68,7 @@ class StudySpec:
     source: str = ""
     minutes: float | None = None  # the study's wall-clock budget, from its creation
     history: int | None = None  # finished trials the sampler sees per ask (studies/sampler.py)
+    history_best: int = 50  # ... of which the best trials, always in view
     starts: list[dict[str, Any]] = field(default_factory=list)  # [[start]] points, over the baseline
 
     def baseline_params(self) -> dict[str, Any]:
@@ -84,7 +81,7 @@ class StudySpec:
 
     def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
         sampler = SAMPLERS[self.sampler_name](seed=seed, **self.sampler_options)
-        return sampler if self.history is None else BoundedHistory(sampler, self.history, HISTORY_BEST)
+        return sampler if self.history is None else BoundedHistory(sampler, self.history, self.history_best)
 
 
 def validate_study_name(name: object) -> str:
@@ -94,15 +91,7 @@ def validate_study_name(name: object) -> str:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise SpecError(f"cannot read spec {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"spec {path} is not a text file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"spec {path} is not valid TOML: {error}") from None
+    document = read_spec_file(path)
     try:
         return parse_spec(document, source=str(path))
     except SpecError as error:
@@ -139,9 +128,10 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
     seed = sampler.pop("seed", None)
     if seed is not None:
         seed = _integer(seed, "[sampler] seed", minimum=0)
+    history_best = _integer(sampler.pop("history_best", 50), "[sampler] history_best", minimum=1)
     history = sampler.pop("history", None)
     if history is not None:
-        history = _integer(history, "[sampler] history", minimum=HISTORY_BEST)
+        history = _integer(history, "[sampler] history", minimum=history_best)
     try:
         SAMPLERS[sampler_name](seed=seed, **sampler)  # the sampler itself judges its options
     except (TypeError, ValueError) as error:
@@ -151,6 +141,7 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> StudySpec:
                      sampler_name=sampler_name, sampler_options=sampler, direction=direction,
                      sampler_seed=seed, source=source,
                      minutes=None if minutes is None else float(minutes), history=history,
+                     history_best=history_best,
                      starts=_starts(document.get("start", []), space, base))
 
 

@@ -37,15 +37,15 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna_dashboard import save_note
 from sqlalchemy.engine import URL, make_url
 
+from objective import attributes
 from objective.errors import UserError, first_line
-from objective.objective import METRIC_NAME
+from objective.optuna_objective import METRIC_NAME
 from studies.journal import JournalStudyStorage, PostgresJournal, Retry, once
+from studies.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from studies.spec import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 JOURNAL = "postgresql+journal"  # Optuna's JournalStorage, its log in PostgreSQL (studies/journal.py)
-HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as dead
 MAX_RETRY = 2  # re-runs of a trial whose worker died; a failing config is not retried forever
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
 READY_PATIENCE = 30  # seconds a joining worker waits for the study's creator to finish writing it
@@ -58,7 +58,7 @@ SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 # while TCP retransmits (~15 min), so --db-patience never starts. The kernel drops it instead: data
 # unacknowledged for 10 s (tcp_user_timeout, ms), or a server silent to probes from 5 s on, every
 # 2 s. A live server's kernel acks and answers probes even during a slow query.
-# tests/search/test_partition.py cuts one.
+# tests/search/test_worker_partition.py cuts one.
 LIBPQ_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
                     "tcp_user_timeout": CONNECT_TIMEOUT * 1000}
 # psycopg prepares a statement on the server from its 5th execution on a connection. A transaction
@@ -254,18 +254,18 @@ def create_or_load(spec: StudySpec, storage: BaseStorage, sampler_seed: int | No
         wait_until_ready(study)
         return study, False
     study.set_metric_names([METRIC_NAME])
-    study.set_user_attr("spec", spec.source)
-    study.set_user_attr("base_config", spec.base.to_dict())
-    study.set_user_attr("accuracy_target", spec.objective.accuracy_target)  # the dashboard shows it
-    study.set_user_attr("objective", asdict(spec.objective))  # the bar and every rule that judges a trial
+    study.set_user_attr(attributes.STUDY_SPEC, spec.source)
+    study.set_user_attr(attributes.STUDY_BASE_CONFIG, spec.base.to_dict())
+    study.set_user_attr(attributes.STUDY_ACCURACY_TARGET, spec.objective.accuracy_target)
+    study.set_user_attr(attributes.STUDY_OBJECTIVE, asdict(spec.objective))
     if note is not None:
         save_note(study, note)
     baseline, *starts = spec.start_params()
-    study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    study.enqueue_trial(baseline, user_attrs={attributes.BASELINE: True})
     for index, params in enumerate(starts, 1):
-        study.enqueue_trial(params, user_attrs={"start_point": index})
+        study.enqueue_trial(params, user_attrs={attributes.START_POINT: index})
     # Written last: it says the study is whole. [study] minutes count from here.
-    study.set_user_attr("created_at", time.time() if now is None else now)
+    study.set_user_attr(attributes.STUDY_CREATED_AT, time.time() if now is None else now)
     return study, True
 
 
@@ -273,7 +273,7 @@ def wait_until_ready(study: optuna.Study, patience: float = READY_PATIENCE) -> N
     """Wait for a study another worker is creating to be whole (its `created_at` written last):
     a worker joining in between would see no budget, no recipe to check and no baseline."""
     deadline = time.monotonic() + patience
-    while "created_at" not in study.user_attrs:
+    while attributes.STUDY_CREATED_AT not in study.user_attrs:
         if time.monotonic() > deadline:
             raise StorageError(f"study {study.study_name!r} is not whole after {patience:g} s (no "
                                "created_at): its creator died while creating it, or made it without "

@@ -81,3 +81,60 @@ def spawn_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., WorkerPro
     yield spawn
     for worker in started:
         worker.kill()
+
+
+# -- CI's must-run check ------------------------------------------------------------------------
+# With FAST_MNIST_MUST_RUN=1 (.ci/run sets it) the session lists every skipped test with its reason,
+# and fails if a test named here skipped, or, in a run of the whole suite, did not run at all (renamed
+# or deselected). Each stands for something this machine and CI have, and without which it and its
+# kind would skip quietly. Test function names, so a test file may move or be renamed; a renamed test
+# is renamed here too.
+MUST_RUN = {
+    "test_a_host_cut_off_mid_trial": "root, iproute2, nftables, PostgreSQL's server binaries",  # partition
+    "test_dashboard_polls_while_four_real_workers_write_the_default_sqlite": "MNIST at ../shared/mnist",
+    # faults: workers killed, the database restarted, away or dropped, a trial diverging
+    "test_sigkill_mid_trial_several_times": "MNIST at ../shared/mnist",
+    "test_workers_ride_out_a_postgres_restart": "PostgreSQL's server binaries, MNIST",
+    "test_a_database_away_past_the_patience": "PostgreSQL's server binaries, MNIST",
+    "test_a_dropped_database_ends_the_worker_with_exit_1": "MNIST at ../shared/mnist",
+    "test_divergence_and_out_of_memory_fail_only_their_trial": "MNIST at ../shared/mnist",
+    "test_a_fleet_past_max_connections_runs_through_pgbouncer": "PgBouncer, PostgreSQL's server binaries",
+    "test_published_ports_bind_loopback_only": "Docker Compose v2 (`docker compose config`)",
+}
+_skips: dict[str, str] = {}  # node id: reason
+_reported: set[str] = set()  # test function names
+_must_run_failures: list[str] = []
+
+
+def _function_name(nodeid: str) -> str:
+    return nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _reported.add(_function_name(report.nodeid))
+    if report.skipped and not hasattr(report, "wasxfail"):  # longrepr: (file, line, "Skipped: why")
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple | list) else str(report.longrepr)
+        _skips[report.nodeid] = why.removeprefix("Skipped: ")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if os.environ.get("FAST_MNIST_MUST_RUN") != "1" or hasattr(config, "workerinput"):  # xdist's main only
+        return
+    for nodeid, why in _skips.items():
+        if (name := _function_name(nodeid)) in MUST_RUN:
+            _must_run_failures.append(f"{nodeid} skipped ({why}); it needs {MUST_RUN[name]}")
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS and not config.option.keyword:
+        _must_run_failures.extend(f"{name} did not run" for name in sorted(MUST_RUN.keys() - _reported))
+    if _must_run_failures and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if os.environ.get("FAST_MNIST_MUST_RUN") != "1":
+        return
+    terminalreporter.write_sep("=", f"{len(_skips)} skipped (FAST_MNIST_MUST_RUN)")
+    for nodeid, why in sorted(_skips.items()):
+        terminalreporter.write_line(f"SKIPPED {nodeid}: {why}")
+    for failure in _must_run_failures:
+        terminalreporter.write_line(f"MUST RUN: {failure}", red=True, bold=True)

@@ -2,7 +2,7 @@
 cached tensors loaded with weights_only=True, passwords hidden in every message and log line.
 (Published ports bound to 127.0.0.1 are checked in tests/test_compose.py; study names and paths
 from the command line in tests/test_bad_input.py; the worker's output with a password in its
-storage URL, through real runs and database outages, in tests/search/test_faults.py.)"""
+storage URL, through real runs and database outages, in tests/search/test_worker_faults.py.)"""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def train_count(config: TrainConfig) -> int:
 
 
 def total_steps(config: TrainConfig) -> int:
-    """As objective/trainer.py counts them."""
+    """As objective/timed_run.py counts them."""
     return max(1, math.ceil(config.epochs * math.ceil(train_count(config) / config.batch_size)))
 
 
@@ -258,7 +258,7 @@ def model_version() -> str:
 
 
 class SimulatedDevice:
-    """`run` stands in for objective.trainer.train_once: it returns what the run would give and
+    """`run` stands in for objective.timed_run.train_once: it returns what the run would give and
     `sleep`s its simulated seconds (real or virtual: search/clock.py). `now` is the same clock's
     seconds, for the drift; `rng` draws the clock noise."""
 

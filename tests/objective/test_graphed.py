@@ -10,9 +10,9 @@ from objective.config import TrainConfig
 from objective.data import Mnist
 from objective.graphed import one_cycle_lrs, train_graphed
 from objective.model import build_model
-from objective.trainer import total_steps, train_count, train_once
+from objective.timed_run import total_steps, train_count, train_once
 
-from .test_trainer import FAST, _comparable, _poisoned
+from .test_timed_run import FAST, _comparable, _poisoned
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -131,7 +131,7 @@ def test_a_run_past_the_time_limit_is_stopped_there() -> None:
 
 def test_simulating_imports_no_torch() -> None:
     code = (
-        "import sys, objective.sim.device, search.worker, search.export\n"
+        "import sys, objective.sim.device, search.worker, search.session, search.export\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run(

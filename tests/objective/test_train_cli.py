@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Bad inputs: (arguments, what the one error line must say), one for each way `main` can be handed
 # one. Each must fail cleanly: exit code 2, exactly one "error:" line on stderr, no traceback, before
 # any data is loaded. The rules behind each (every config key's check, every way a file or a --seeds
-# can be wrong, every device) are unit-tested in test_config.py, test_trainer.py and below;
+# can be wrong, every device) are unit-tested in test_config.py, test_timed_run.py and below;
 # tests/test_bad_input.py runs the real process for what only a process shows (argparse's errors, a
 # missing MNIST).
 BAD_INPUTS: dict[str, tuple[list[str], str]] = {

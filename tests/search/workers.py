@@ -185,12 +185,13 @@ def offline_env(base: Mapping[str, str], folder: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def silent_server() -> Iterator[int]:
+def silent_server(accepted: list[socket.socket] | None = None) -> Iterator[int]:
     """A loopback port that accepts connections and never says a word: a database host that is
-    'up' but never answers, which only a connect timeout can end."""
+    'up' but never answers, which only a connect timeout can end. `accepted`: a list that gets
+    each connection it accepted (closed once the server is)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
-    accepted: list[socket.socket] = []
+    accepted = [] if accepted is None else accepted
     done = threading.Event()
 
     def serve() -> None:

@@ -43,7 +43,6 @@ def worker(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]
 
 def test_a_fast_forward_fleet_searches_its_simulated_minutes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    started = time.monotonic()
     done = worker(
         "--spec",
         str(spec_file(tmp_path, minutes=0.5)),
@@ -69,7 +68,6 @@ def test_a_fast_forward_fleet_searches_its_simulated_minutes(tmp_path: Path) -> 
     simulated = sum(sum(t.user_attrs["seconds_per_seed"]) for t in trials)
     assert 60 < simulated < 4 * 30 + 4 * 10
     assert done.stdout.count("stopped: the study's budget is reached (0.5 minutes") == 4
-    assert time.monotonic() - started < 200
     assert choose(trials).fingerprint["device"] == "simulated h100"
 
 

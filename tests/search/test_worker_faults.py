@@ -297,7 +297,7 @@ def test_divergence_and_out_of_memory_fail_only_their_trial(spawn_worker: Spawn,
         assert trial.state == TrialState.COMPLETE
         assert trial.user_attrs["stopped"].startswith("diverged on seed")
         # Infeasible, and penalized for it: past the recipe's ratio of 1, by at most one point's
-        # penalty (the value is a ratio to the yardstick, not seconds: objective/objective.py).
+        # penalty (the value is a ratio to the yardstick, not seconds: objective/optuna_objective.py).
         assert trial.constraints["accuracy_points_short"] > 0
         assert 1.0 < trial.value <= max(trial.user_attrs["vs_baseline"], 1.0) + 1.0
     assert all(t.state == TrialState.COMPLETE for t in fine)

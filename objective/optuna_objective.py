@@ -2,7 +2,7 @@
 penalized time against the seed recipe's on the same device.
 
 Every time is judged against the device it ran on: its yardstick, the seed recipe's seconds timed
-by the worker on that device (re-timed every YARDSTICK_EVERY seconds). A trial's `ratio` is its
+by the worker on that device (re-timed every `yardstick_every` seconds). A trial's `ratio` is its
 median timed seconds `secs` over the yardstick, so trials from an H100 and an L4 compare, and the
 sampler learns from every device; the wall seconds stay in the `seconds` attribute.
 
@@ -44,15 +44,12 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
+from objective import attributes
 from objective.config import TrainConfig
 from objective.result import Run, RunResult
 from objective.seeds import SeedRules, is_crowned, mean_accuracy, median_seconds, stop_reason
 
 METRIC_NAME = "time / recipe's time, penalized"  # the study's objective, as the dashboard names it
-# The study attribute holding a device's best crowned ratio: this prefix and the fingerprint.
-DEVICE_BEST = "best_ratio "
-# Seconds between two timings of the seed recipe by one worker: ~1 % of a CPU search's time.
-YARDSTICK_EVERY = 300.0
 # What "passes" means, for the search, export and verification: a study records its own target,
 # and this is the default where none is recorded.
 ACCURACY_TARGET = 0.99
@@ -74,13 +71,19 @@ class ObjectiveSettings:
     # Seeds a crowned trial then runs that decide nothing: its claim (the accuracy and seconds
     # export reports) comes from them, so no selection luck is in it (objective/seeds.py).
     claim_seeds: int = 0
-    accuracy_sd: float = 0.0007  # one seed's accuracy spread, for "clearly infeasible"
+    accuracy_sd: float = 0.0008  # one seed's accuracy spread, for "clearly infeasible"
+    # "Clearly infeasible": this many standard errors below the bar. At 2, a trial whose true mean
+    # sits exactly on the bar is stopped after its first seed about 2 % of the time.
+    clearly_sds: float = 2.0
     slower_margin: float = 0.1  # "clearly slower than the best": the clock's noise, and then some
     slower_runs: int = 1  # ... on each of this many last runs, so that one spike decides nothing,
     slower_margin_one_run: float = math.inf  # ... unless one run is past it by more than this
     # Runs of the seed recipe whose median is the yardstick: the time to beat carries its noise,
     # and one noisy run threw truly faster configs away as "clearly slower" (docs/search.md).
     yardstick_seeds: int = 1
+    # Seconds between two timings of the yardstick by one worker: ~1 % of a CPU search's time at
+    # 300, so a load that came and went does not fix it for the whole search.
+    yardstick_every: float = 300.0
     # Time the yardstick again as a trial is crowned, so that its ratio (the time to beat from then
     # on) compares runs of one moment (objective.train_seeds; docs/search.md measures it).
     yardstick_at_crown: bool = False
@@ -91,7 +94,8 @@ class ObjectiveSettings:
 
     def seed_rules(self) -> SeedRules:
         return SeedRules(bar=self.required_accuracy, repeats=self.repeats, crown_seeds=self.crown_seeds,
-                         accuracy_sd=self.accuracy_sd, slower_margin=self.slower_margin,
+                         accuracy_sd=self.accuracy_sd, clearly_sds=self.clearly_sds,
+                         slower_margin=self.slower_margin,
                          slower_runs=self.slower_runs, slower_margin_one_run=self.slower_margin_one_run)
 
     def __post_init__(self) -> None:
@@ -101,7 +105,7 @@ class ObjectiveSettings:
             raise ValueError(f"accuracy_margin must be in [0, 1 - accuracy_target], "
                              f"got {self.accuracy_margin}")
         for name in ("time_limit", "limit_vs_baseline", "penalty_per_point", "max_penalty_points",
-                     "accuracy_sd"):
+                     "accuracy_sd", "clearly_sds", "yardstick_every"):
             if not 0.0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         counts = (self.repeats, self.crown_seeds, self.yardstick_seeds, self.slower_runs)
@@ -147,11 +151,11 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 def is_crowned_trial(trial: FrozenTrial) -> bool:
     """A feasible trial that held the crown guard (objective/seeds.py): the only kind export picks."""
-    return trial.user_attrs.get("crowned") is True and is_feasible(trial)
+    return trial.user_attrs.get(attributes.CROWNED) is True and is_feasible(trial)
 
 
 def device_best_key(fingerprint: Mapping[str, object]) -> str:
-    return DEVICE_BEST + json.dumps(dict(fingerprint), sort_keys=True)
+    return attributes.DEVICE_BEST + json.dumps(dict(fingerprint), sort_keys=True)
 
 
 def device_best(study: optuna.Study, fingerprint: Mapping[str, object]) -> float | None:
@@ -173,7 +177,7 @@ class Trained:
     """A trial's runs, one per seed, why it stopped after them, and the yardstick it was judged by."""
     runs: list[RunResult]
     stopped: str
-    time_limit: float
+    limit: float  # the seconds each run was allowed
     yardstick: float  # the seed recipe's seconds on this device when the trial trained
     crowned: bool
     claim: list[RunResult] = field(default_factory=list)  # a crowned trial's claim seeds
@@ -231,7 +235,7 @@ class Objective:
         self.fingerprint: dict[str, object] = {}  # the device's, from the yardstick's run
         # The best ratio of this worker's own crowned trials: a prepared trial read the device's
         # best before the trial in front of it had finished.
-        self.own_best = math.inf
+        self.best_crowned_ratio = math.inf
 
     def __call__(self, trial: optuna.Trial) -> float:
         return self.record(trial, self.train_seeds(self.plan(trial)))
@@ -240,8 +244,7 @@ class Objective:
         """Time the seed recipe (the spec's base config) on this device, outside any trial: the
         median of `yardstick_seeds` runs. Its seconds are the unit of every value here
         (`vs_baseline`), the time to beat until a trial is crowned on this device, and set the run
-        time limit. `train_seeds` re-measures it every YARDSTICK_EVERY seconds, so a load that came
-        and went does not fix it for the search."""
+        time limit. `train_seeds` re-measures it every `yardstick_every` seconds."""
         results = [self.run(self.base.replace(seed=self.base.seed + k), self.settings.time_limit)
                    for k in range(self.settings.yardstick_seeds)]
         self.baseline_seconds = median_seconds(results)
@@ -249,7 +252,8 @@ class Objective:
         self.baseline_measured_at = self.clock()
         return self.baseline_seconds
 
-    def time_limit(self) -> float:
+    def run_limit(self) -> float:
+        """Seconds a run may take: `time_limit`, or `limit_vs_baseline` yardsticks if fewer."""
         if self.baseline_seconds is None:
             return self.settings.time_limit
         return min(self.settings.time_limit, self.settings.limit_vs_baseline * self.baseline_seconds)
@@ -260,18 +264,19 @@ class Objective:
 
     def plan(self, trial: optuna.Trial) -> Planned:
         config = self.config_for(trial)
-        trial.set_user_attr("config", config.to_dict())  # what export reproduces, whole
+        trial.set_user_attr(attributes.CONFIG, config.to_dict())  # what export reproduces, whole
         return Planned(config, device_best(trial.study, self.fingerprint))
 
     def train_seeds(self, planned: Planned) -> Trained:
         """Train one seed after another (config.seed, +1, ...) until objective/seeds.py stops it."""
-        if self.baseline_seconds is None or self.clock() - self.baseline_measured_at > YARDSTICK_EVERY:
+        stale = self.clock() - self.baseline_measured_at > self.settings.yardstick_every
+        if self.baseline_seconds is None or stale:
             self.measure_baseline()
         yardstick = self.baseline_seconds
         assert yardstick is not None
-        best = min(planned.best if planned.best is not None else 1.0, self.own_best, 1.0)
+        best = min(planned.best if planned.best is not None else 1.0, self.best_crowned_ratio, 1.0)
         to_beat = best * yardstick  # on this device: its best crowned trial, or the recipe
-        rules, limit, config = self.settings.seed_rules(), self.time_limit(), planned.config
+        rules, limit, config = self.settings.seed_rules(), self.run_limit(), planned.config
         runs: list[RunResult] = []
         while True:
             runs.append(self.run(config.replace(seed=config.seed + len(runs)), limit))
@@ -281,7 +286,7 @@ class Objective:
         crowned = is_crowned(runs, rules, to_beat)
         if crowned and self.settings.yardstick_at_crown:
             # A crowned ratio is the time to beat from now on. Against a yardstick timed up to
-            # YARDSTICK_EVERY ago it would keep the clock's drift since then, and the guard crowns
+            # `yardstick_every` ago it would keep the clock's drift since then, and the guard crowns
             # the trials that drift favoured: so it is taken against one timed now, beside its seeds,
             # and the crown is judged again against it (a yardstick timed while the host was slower
             # would crown a trial slower than the recipe).
@@ -295,7 +300,7 @@ class Objective:
                  for k in range(self.settings.claim_seeds if crowned else 0)]
         trained = Trained(runs, stopped, limit, yardstick, crowned, claim)
         if trained.crowned:
-            self.own_best = min(self.own_best, trained.ratio)
+            self.best_crowned_ratio = min(self.best_crowned_ratio, trained.ratio)
         return trained
 
     def constraints(self, trained: Trained) -> dict[str, float]:
@@ -307,30 +312,30 @@ class Objective:
     def record(self, trial: optuna.Trial, trained: Trained) -> float:
         runs = trained.runs
         value = penalized_value(trained.accuracy, trained.ratio, self.settings)
-        trial.set_user_attr("accuracy", trained.accuracy)
-        trial.set_user_attr("seconds", trained.seconds)
-        trial.set_user_attr("train_seconds", statistics.median(run.train_seconds for run in runs))
-        trial.set_user_attr("accuracies", [run.accuracy for run in runs])
-        trial.set_user_attr("seconds_per_seed", [run.seconds for run in runs])
-        trial.set_user_attr("stopped", trained.stopped)  # "diverged on seed N" says it diverged
-        trial.set_user_attr("fingerprint", runs[0].fingerprint)
-        trial.set_user_attr("vs_baseline", trained.ratio)
-        trial.set_user_attr("yardstick", trained.yardstick)
-        trial.set_user_attr("crowned", trained.crowned)
+        trial.set_user_attr(attributes.ACCURACY, trained.accuracy)
+        trial.set_user_attr(attributes.SECONDS, trained.seconds)
+        trial.set_user_attr(attributes.TRAIN_SECONDS, statistics.median(run.train_seconds for run in runs))
+        trial.set_user_attr(attributes.ACCURACIES, [run.accuracy for run in runs])
+        trial.set_user_attr(attributes.SECONDS_PER_SEED, [run.seconds for run in runs])
+        trial.set_user_attr(attributes.STOPPED, trained.stopped)  # "diverged on seed N" says it diverged
+        trial.set_user_attr(attributes.FINGERPRINT, runs[0].fingerprint)
+        trial.set_user_attr(attributes.VS_BASELINE, trained.ratio)
+        trial.set_user_attr(attributes.YARDSTICK, trained.yardstick)
+        trial.set_user_attr(attributes.CROWNED, trained.crowned)
         if trained.claim:  # what fresh seeds give this crowned trial on images nothing selected on
             holdout = [run.holdout_accuracy for run in trained.claim]
-            trial.set_user_attr("claim_accuracy", round(statistics.fmean(holdout), 12))
-            trial.set_user_attr("claim_test_accuracy",  # all 10,000: the seed recipe's figure's
+            trial.set_user_attr(attributes.CLAIM_ACCURACY, round(statistics.fmean(holdout), 12))
+            trial.set_user_attr(attributes.CLAIM_TEST_ACCURACY,  # all 10,000: the seed recipe's figure's
                                 round(statistics.fmean(run.test_accuracy for run in trained.claim), 12))
-            trial.set_user_attr("claim_seconds", median_seconds(trained.claim))
-            trial.set_user_attr("claim_accuracies", holdout)
+            trial.set_user_attr(attributes.CLAIM_SECONDS, median_seconds(trained.claim))
+            trial.set_user_attr(attributes.CLAIM_ACCURACIES, holdout)
         self.set_constraints(trial, self.constraints(trained))
         if trained.over_time:
             finished = runs[:-1]
-            ratio = (median_seconds(finished) if finished else trained.time_limit) / trained.yardstick
+            ratio = (median_seconds(finished) if finished else trained.limit) / trained.yardstick
             reported = penalized_value(mean_accuracy(finished), ratio, self.settings) if finished else ratio
             trial.report(reported, step=len(finished))
-            raise optuna.TrialPruned(f"time limit: passed {trained.time_limit:.3f} s")
+            raise optuna.TrialPruned(f"time limit: passed {trained.limit:.3f} s")
         if not math.isfinite(value):
             raise RuntimeError(f"non-finite objective value {value}")
         if trained.crowned:

@@ -113,7 +113,7 @@ def warm_up(config: TrainConfig, data: Mnist) -> None:
     bf16 = bf16_enabled(config, data.device)
     key = (config.batch_size, last, config.conv1_kernel, config.conv2_kernel, config.conv1_width,
            config.conv2_width, config.fc_width, config.batch_norm, config.channels_last, bf16,
-           str(data.device))
+           config.eval_batch, str(data.device))  # eval_batch: the evaluation's shapes
     if data.device.type == "cuda":
         # Autotune conv kernels per shape; the warm-up below meets every shape, so it is untimed.
         torch.backends.cudnn.benchmark = True

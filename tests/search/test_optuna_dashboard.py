@@ -25,7 +25,7 @@ import optuna
 import pytest
 
 from objective.config import TrainConfig
-from objective.objective import METRIC_NAME, Objective
+from objective.optuna_objective import METRIC_NAME, Objective
 from objective.result import RunResult
 from search import export
 from studies.note import study_note

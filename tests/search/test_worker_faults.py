@@ -131,15 +131,19 @@ def test_sigkill_mid_trial_several_times(spawn_worker: Spawn, postgres_url: str,
     for victim in workers[:kills]:
         if victim is workers[kills - 1]:
             running_trial_of(postgres_url, workers[kills].pid, timeout=STARTUP)
-        # A trial caught just as it starts, so its warm-up and first seed still lie ahead: a one-seed
-        # smoke trial can end within the 0.3 s after a trial caught at a random point.
+        # A trial caught just as it starts, so its warm-up and first seed still lie ahead; a one-seed
+        # smoke trial can still end before the kill lands, and then the victim's next one (asked at
+        # once) is the trial it dies in: whichever it left RUNNING is the killed trial.
         current = running_trial_of(postgres_url, victim.pid, timeout=STARTUP)
-        number = running_trial_of(postgres_url, victim.pid, timeout=STARTUP, other_than=current)
-        time.sleep(0.3)  # into the training
+        running_trial_of(postgres_url, victim.pid, timeout=STARTUP, other_than=current)
+        time.sleep(0.1)  # into the training
         victim.process.send_signal(signal.SIGKILL)
-        killed[number] = datetime.datetime.now()
-        assert load(postgres_url).get_trials(deepcopy=False)[number].state == TrialState.RUNNING, \
-            f"trial {number} ended before the kill landed"
+        victim.process.wait()
+        at = datetime.datetime.now()
+        left = [t.number for t in load(postgres_url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get("worker", {}).get("pid") == victim.pid]
+        assert len(left) == 1, f"worker {victim.pid} was killed between trials (left RUNNING: {left})"
+        killed[left[0]] = at
         workers.append(spawn_worker(*args))
     failed_after = seconds_until_failed(postgres_url, killed, timeout=60)
     wait_until_rerun(postgres_url, killed, timeout=120)

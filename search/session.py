@@ -44,8 +44,8 @@ from search.retry import (
 from search.signals import GracefulStop, WorkerInterrupted
 from studies.note import study_note
 from studies.optuna_internals import RDB_STORAGE_LOGGER, set_constraints
-from studies.spec import SpecError, StudySpec, load_spec, validate_study_name
-from studies.spec_file import default_spec
+from studies.spec import StudySpec, load_spec, validate_study_name
+from studies.spec_file import SpecError, default_spec
 from studies.storage import (
     JOURNAL,
     create_or_load,

@@ -43,19 +43,8 @@ def worker(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]
 
 def test_a_fast_forward_fleet_searches_its_simulated_minutes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    done = worker(
-        "--spec",
-        str(spec_file(tmp_path, minutes=0.5)),
-        "--storage",
-        url,
-        "--simulate",
-        "h100",
-        "--fast-forward",
-        "--workers",
-        "4",
-        "--sampler-seed",
-        "3",
-    )
+    done = worker("--spec", str(spec_file(tmp_path, minutes=0.5)), "--storage", url,
+                  "--simulate", "h100", "--fast-forward", "--workers", "4", "--sampler-seed", "3")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     study = optuna.load_study(study_name="mnist_fast", storage=url)
@@ -74,16 +63,8 @@ def test_a_fast_forward_fleet_searches_its_simulated_minutes(tmp_path: Path) -> 
 def test_a_simulated_worker_sleeps_in_real_time_and_export_reads_its_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'real_time.db'}"
     started = time.monotonic()
-    done = worker(
-        "--spec",
-        str(spec_file(tmp_path, minutes=10)),
-        "--storage",
-        url,
-        "--simulate",
-        "l4",
-        "--n-trials",
-        "4",
-    )
+    done = worker("--spec", str(spec_file(tmp_path, minutes=10)), "--storage", url,
+                  "--simulate", "l4", "--n-trials", "4")
     wall = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="mnist_fast", storage=url)
